@@ -1,0 +1,5 @@
+import sys
+
+from kernelized.cli import main
+
+sys.exit(main())

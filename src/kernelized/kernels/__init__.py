@@ -1,0 +1,12 @@
+"""Feature maps phi: ``[..., H, d] -> [..., H, F]``, one file per family, built by name.
+
+>>> fm = kernels.build("rebased", head_dim=16, num_heads=8)
+>>> fm.feature_dim
+136
+"""
+
+from kernelized.kernels import polynomial, simple  # noqa: F401  (registration)
+from kernelized.kernels.base import FeatureMap, PolynomialForm
+from kernelized.kernels.registry import available, build, get, options, register
+
+__all__ = ["FeatureMap", "PolynomialForm", "available", "build", "get", "options", "register"]

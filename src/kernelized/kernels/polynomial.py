@@ -1,0 +1,180 @@
+"""Polynomial kernels of one dot product: Based's Taylor map, ReBased and its higher degrees.
+
+All three use the compact symmetric-tensor features: for degree p, one feature per multiset
+alpha of p indices, ``sqrt(p! / prod(alpha_i!)) * prod_i x[alpha_i]``, so that
+``<phi_p(x), phi_p(y)> = (x . y)**p`` with ``C(d + p - 1, p)`` features (136 for d = 16, p = 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from kernelized._checks import check_choice, check_positive_int
+from kernelized.kernels.base import FeatureMap, PolynomialForm
+from kernelized.kernels.registry import register
+
+
+@lru_cache(maxsize=None)
+def _monomials(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index tuples ``[F, degree]`` and coefficients ``sqrt(multinomial)`` ``[F]`` (float64)."""
+    combos = list(itertools.combinations_with_replacement(range(dim), degree))
+    coef = [
+        math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values())) for t in combos
+    ]
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(coef, dtype=torch.float64)
+
+
+def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """Compact degree-p features of ``x [..., d]``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> = (x.y)^p``."""
+    if degree == 0:
+        return x.new_ones(*x.shape[:-1], 1)
+    idx, coef = _monomials(x.shape[-1], degree)
+    idx = idx.to(x.device)
+    out = x[..., idx[:, 0]]
+    for j in range(1, degree):
+        out = out * x[..., idx[:, j]]
+    return out * coef.to(device=x.device, dtype=x.dtype)
+
+
+def num_monomials(dim: int, degree: int) -> int:
+    return math.comb(dim + degree - 1, degree)
+
+
+@register("taylor")
+class TaylorFeatureMap(FeatureMap):
+    """Based (Arora et al., 2024): the 2nd-order Taylor expansion of exp.
+
+    ``kernel(q, k) = 1 + s + s**2 / 2`` with ``s = q.k / sqrt(d)``; its minimum is 0.5 (at s = -1), so Based
+    cannot give a pair zero weight. Features ``[1, x / d**(1/4), phi_2(x) / sqrt(2 d)]``: 1 + d + d(d+1)/2
+    (153 for d = 16).
+    """
+
+    @property
+    def feature_dim(self) -> int:
+        return 1 + self.head_dim + num_monomials(self.head_dim, 2)
+
+    @property
+    def polynomial_form(self) -> PolynomialForm:
+        return PolynomialForm(terms={0: 1.0, 1: 1.0, 2: 0.5}, scale=self.head_dim**-0.5)
+
+    def features(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        d = self.head_dim
+        return torch.cat(
+            [x.new_ones(*x.shape[:-1], 1), x * d**-0.25, monomial_features(x, 2) * (2 * d) ** -0.5], dim=-1
+        )
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        s = (q * k).sum(-1) * self.head_dim**-0.5
+        return 1 + s + 0.5 * s * s
+
+
+@register("polynomial")
+class PolynomialFeatureMap(FeatureMap):
+    """ReBased's kernel at any degree p: ``kernel(q, k) = (q~ . k~ / sqrt(d))**p``.
+
+    ``x~ = gamma * norm(x) + beta`` with separate (gamma, beta) for queries and keys, each ``[H, d]``,
+    initialised to 1 and 0. The flags give every ablation of the ReBased paper: ``x^p`` (all off),
+    ``norm(x)^p``, ``(gamma x)^p``, ``(gamma x + beta)^p``, ``(gamma norm(x))^p``, ``(gamma norm(x) + beta)^p``.
+
+    Args:
+        degree: p >= 1. Even degrees give a non-negative kernel; odd ones can make the normaliser vanish.
+        use_gamma, use_beta: learn the per-role scale and shift.
+        normalize: layer-normalise (no affine) before the scale and shift.
+        norm_scope: ``"head"`` normalises each head's d features (fla); ``"all"`` normalises all H*d
+            features of a token jointly (the ReBased authors' MQAR code). Only with ``normalize=True``.
+        norm_eps: the layer norm's epsilon.
+    """
+
+    per_head = True
+
+    def __init__(
+        self,
+        head_dim: int,
+        num_heads: int = 1,
+        degree: int = 2,
+        use_gamma: bool = True,
+        use_beta: bool = True,
+        normalize: bool = True,
+        norm_scope: str | None = None,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__(head_dim, num_heads)
+        self.degree = check_positive_int("degree", degree)
+        if norm_scope is not None and not normalize:
+            raise ValueError(f"norm_scope applies only with normalize=True, got norm_scope={norm_scope!r}, normalize=False")
+        norm_scope = "head" if norm_scope is None else norm_scope
+        check_choice("norm_scope", norm_scope, ["head", "all"])
+        self.use_gamma, self.use_beta, self.normalize = bool(use_gamma), bool(use_beta), bool(normalize)
+        self.norm_scope, self.norm_eps = norm_scope, float(norm_eps)
+        shape = (num_heads, head_dim)
+        for role in ("q", "k"):
+            if self.use_gamma:
+                self.register_parameter(f"gamma_{role}", nn.Parameter(torch.ones(shape)))
+            if self.use_beta:
+                self.register_parameter(f"beta_{role}", nn.Parameter(torch.zeros(shape)))
+
+    @property
+    def feature_dim(self) -> int:
+        return num_monomials(self.head_dim, self.degree)
+
+    @property
+    def polynomial_form(self) -> PolynomialForm:
+        return PolynomialForm(terms={self.degree: 1.0}, scale=self.head_dim**-0.5)
+
+    def _transform(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        if self.normalize:
+            dims = (-1,) if self.norm_scope == "head" else (-2, -1)
+            mean = x.mean(dim=dims, keepdim=True)
+            var = x.var(dim=dims, keepdim=True, unbiased=False)
+            x = (x - mean) * torch.rsqrt(var + self.norm_eps)
+        if self.use_gamma:
+            x = x * getattr(self, f"gamma_{role}").to(x.dtype)
+        if self.use_beta:
+            x = x + getattr(self, f"beta_{role}").to(x.dtype)
+        return x
+
+    def project_query(self, x: torch.Tensor) -> torch.Tensor:
+        return self._transform(self.check_input(x, "q"), "q")
+
+    def project_key(self, x: torch.Tensor) -> torch.Tensor:
+        return self._transform(self.check_input(x, "k"), "k")
+
+    def features(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        x = self._transform(x, "q" if role == "query" else "k")
+        return monomial_features(x, self.degree) * self.head_dim ** (-self.degree / 4)
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        s = (self.project_query(q) * self.project_key(k)).sum(-1) * self.head_dim**-0.5
+        return s**self.degree
+
+    def extra_repr(self) -> str:
+        flags = f"use_gamma={self.use_gamma}, use_beta={self.use_beta}, normalize={self.normalize}"
+        scope = f", norm_scope={self.norm_scope!r}" if self.normalize else ""
+        return f"{super().extra_repr()}, degree={self.degree}, {flags}{scope}"
+
+
+@register("rebased")
+class ReBasedFeatureMap(PolynomialFeatureMap):
+    """ReBased (Aksenov et al., 2024): ``(q~ . k~)**2 / d`` with ``x~ = gamma * norm(x) + beta``.
+
+    Its kernel reaches 0 for orthogonal q~, k~ (Based's never falls below 0.5). Compact features:
+    d(d+1)/2 (136 for d = 16). The degree-2 case of ``polynomial``; see it for the flags.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        num_heads: int = 1,
+        use_gamma: bool = True,
+        use_beta: bool = True,
+        normalize: bool = True,
+        norm_scope: str | None = None,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__(head_dim, num_heads, 2, use_gamma, use_beta, normalize, norm_scope, norm_eps)
