@@ -1,0 +1,1 @@
+"""Model configs and models: sequence backbone, language model, classifiers."""

@@ -1,0 +1,1 @@
+"""Training: Trainer, schedules, atomic checkpoints, exact resume, data-parallel launch."""
