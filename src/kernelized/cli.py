@@ -10,12 +10,21 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "mqar": ("kernelized.experiments.mqar", "multi-query associative recall sweeps (presets: demo, paper, ablation)"),
-    "analyze": ("kernelized.experiments.analyze", "attention maps, IoU with softmax, ReBased gamma/beta of a trained run"),
+    "mqar": (
+        "kernelized.experiments.mqar",
+        "multi-query associative recall sweeps (presets: demo, paper, ablation)",
+    ),
+    "analyze": (
+        "kernelized.experiments.analyze",
+        "attention maps, IoU with softmax, ReBased gamma/beta of a trained run",
+    ),
     "lra": ("kernelized.experiments.lra", "Long Range Arena tasks with any kernel"),
     "lm": ("kernelized.experiments.lm", "language modelling, generation, AR-hit perplexity"),
     "bench": ("kernelized.experiments.bench", "speed and memory benchmarks"),
-    "kernel-error": ("kernelized.experiments.kernel_error", "random-feature estimator error against the number of features"),
+    "kernel-error": (
+        "kernelized.experiments.kernel_error",
+        "random-feature estimator error against the number of features",
+    ),
     "data": ("kernelized.data.cli", "write generated datasets (listops, pathfinder, mqar) to disk"),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -20,14 +20,17 @@ from kernelized.kernels.base import FeatureMap, PolynomialForm
 from kernelized.kernels.registry import register
 
 
-@lru_cache(maxsize=None)
+@cache
 def _monomials(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index tuples ``[F, degree]`` and coefficients ``sqrt(multinomial)`` ``[F]`` (float64)."""
     combos = list(itertools.combinations_with_replacement(range(dim), degree))
     coef = [
-        math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values())) for t in combos
+        math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values()))
+        for t in combos
     ]
-    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(coef, dtype=torch.float64)
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(
+        coef, dtype=torch.float64
+    )
 
 
 def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
@@ -107,7 +110,9 @@ class PolynomialFeatureMap(FeatureMap):
         super().__init__(head_dim, num_heads)
         self.degree = check_positive_int("degree", degree)
         if norm_scope is not None and not normalize:
-            raise ValueError(f"norm_scope applies only with normalize=True, got norm_scope={norm_scope!r}, normalize=False")
+            raise ValueError(
+                f"norm_scope applies only with normalize=True, got norm_scope={norm_scope!r}, normalize=False"
+            )
         norm_scope = "head" if norm_scope is None else norm_scope
         check_choice("norm_scope", norm_scope, ["head", "all"])
         self.use_gamma, self.use_beta, self.normalize = bool(use_gamma), bool(use_beta), bool(normalize)
