@@ -25,12 +25,9 @@ def _monomials(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index tuples ``[F, degree]`` and coefficients ``sqrt(multinomial)`` ``[F]`` (float64)."""
     combos = list(itertools.combinations_with_replacement(range(dim), degree))
     coef = [
-        math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values()))
-        for t in combos
+        math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values())) for t in combos
     ]
-    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(
-        coef, dtype=torch.float64
-    )
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(coef, dtype=torch.float64)
 
 
 def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:

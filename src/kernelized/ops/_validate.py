@@ -7,9 +7,7 @@ import torch
 from kernelized._checks import check_float_tensor, check_same
 
 
-def check_qkv(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, names=("q", "k", "v")
-) -> tuple[int, int, int]:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, names=("q", "k", "v")) -> tuple[int, int, int]:
     """q, k ``[B, T, H, F]`` and v ``[B, T, H, Dv]``: float, rank 4, same B, T, H, same F for q and k."""
     for name, x in zip(names, (q, k, v)):
         check_float_tensor(name, x, ndim=4, shape_hint="[B, T, H, D]")

@@ -33,7 +33,5 @@ def softmax_attention(
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     empty = ~allowed.any(-1, keepdim=True)  # rows with no key to attend to
-    o = F.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=allowed | empty, scale=scale, dropout_p=dropout_p
-    )
+    o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed | empty, scale=scale, dropout_p=dropout_p)
     return o.masked_fill(empty, 0.0).transpose(1, 2)
