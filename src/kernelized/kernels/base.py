@@ -73,6 +73,13 @@ class FeatureMap(nn.Module):
     def resample(self, generator: torch.Generator | None = None) -> None:
         """Draw random frequencies anew; deterministic maps have nothing to draw."""
 
+    def on_forward(self, continuing: bool = False) -> None:
+        """Called by layers once per forward, before ``query``/``key``: random maps apply their draw policy here.
+
+        ``continuing`` is True when the forward continues a sequence from a passed-in state; a draw must then stay
+        as it is, or the state would mix two kernels.
+        """
+
     # -- optional structure -------------------------------------------------------------------
     @property
     def polynomial_form(self) -> PolynomialForm | None:
