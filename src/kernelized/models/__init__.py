@@ -1,1 +1,5 @@
 """Model configs and models: sequence backbone, language model, classifiers."""
+
+from kernelized.models.backbone import Block, LanguageModel, ModelConfig, SequenceModel
+
+__all__ = ["Block", "LanguageModel", "ModelConfig", "SequenceModel"]
