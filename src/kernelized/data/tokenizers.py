@@ -1,0 +1,121 @@
+"""Tokenizers for language modelling: a built-in byte-level one, and any `tokenizers`/`transformers` one.
+
+Every tokenizer here has the same small interface::
+
+    tok.encode(text) -> list[int]      tok.decode(ids) -> str
+    tok.vocab_size: int                tok.eos_id: int | None     tok.name: str
+
+``load_tokenizer("byte")`` needs nothing beyond the standard library; a name or path is tried as a
+`tokenizers` JSON file, then as a `transformers` tokenizer (local folder or hub id).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0..255, plus one end-of-document token (256).
+
+    Decoding drops the end-of-document token and replaces invalid UTF-8 (e.g. a sampled byte sequence cut
+    mid-character) with U+FFFD, so any id sequence decodes.
+    """
+
+    name = "byte"
+
+    def __init__(self):
+        self.vocab_size = 257
+        self.eos_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=257, eos_id=256)"
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (fast, from a tokenizer.json) or a `transformers` tokenizer behind one interface.
+
+    ``vocab_size`` counts added special tokens too, so every id the tokenizer can emit indexes the embedding.
+    """
+
+    def __init__(self, backend, name: str):
+        self.backend = backend
+        self.name = name
+        self._is_transformers = hasattr(backend, "convert_ids_to_tokens")
+        if self._is_transformers:
+            self.vocab_size = len(backend)
+            eos = backend.eos_token_id
+        else:
+            self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+            eos = None
+            for token in ("</s>", "<|endoftext|>", "<eos>", "[SEP]"):
+                eos = backend.token_to_id(token)
+                if eos is not None:
+                    break
+        self.eos_id = None if eos is None else int(eos)
+
+    def encode(self, text: str) -> list[int]:
+        if self._is_transformers:
+            return list(self.backend.encode(text, add_special_tokens=False))
+        return list(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        return self.backend.decode(ids, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+Tokenizer = ByteTokenizer | HFTokenizer
+
+
+def load_tokenizer(name_or_path: str = "byte") -> Tokenizer:
+    """``"byte"`` -> :class:`ByteTokenizer`; a ``tokenizer.json`` file (or a folder holding only one) ->
+    `tokenizers`; otherwise a `transformers` tokenizer by local folder or hub id (e.g. ``"EleutherAI/pythia-160m"``).
+
+    Raises ValueError naming what was tried when nothing loads (missing file, unknown hub id, no network,
+    `transformers` not installed).
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"tokenizer must be 'byte' or a tokenizer name/path, got {name_or_path!r}")
+    if name_or_path == "byte":
+        return ByteTokenizer()
+    path = os.path.expanduser(name_or_path)
+    json_file = path
+    if os.path.isdir(path):  # a folder saved by transformers (has tokenizer_config.json) goes to transformers
+        has_config = os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+        json_file = "" if has_config else os.path.join(path, "tokenizer.json")
+    if os.path.isfile(json_file) and json_file.endswith(".json"):
+        try:
+            from tokenizers import Tokenizer as FastTokenizer
+        except ImportError as e:
+            raise ValueError(f"tokenizer {name_or_path!r} is a tokenizer.json but `tokenizers` is not installed") from e
+        return HFTokenizer(FastTokenizer.from_file(json_file), name_or_path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path and not os.path.exists(path):
+        raise ValueError(
+            f"tokenizer {name_or_path!r} could not be found: no such file or folder (expected 'byte', "
+            "a tokenizer.json file, a folder saved by transformers, or a hub id)"
+        )
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise ValueError(
+            f"tokenizer {name_or_path!r} is not 'byte' nor a tokenizer.json file, and `transformers` "
+            "(needed for hub ids and tokenizer folders) is not installed"
+        ) from e
+    try:
+        backend = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises OSError/ValueError/HTTP errors depending on the cause
+        raise ValueError(
+            f"tokenizer {name_or_path!r} could not be found: not 'byte', not a tokenizer.json file, and "
+            f"transformers.AutoTokenizer failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    return HFTokenizer(backend, name_or_path)
