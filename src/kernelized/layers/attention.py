@@ -11,6 +11,7 @@ from torch import nn
 from kernelized import kernels, ops
 from kernelized._checks import check_choice, check_float_tensor, check_positive_int
 from kernelized.layers.mixers import register_mixer
+from kernelized.layers.rotary import apply_rotary
 from kernelized.ops.linear import MODES
 
 
@@ -129,11 +130,15 @@ class KernelAttention(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The normalised attention weights this layer applies, ``[B, H, T, T]`` (rows sum to 1 where defined)."""
+        """The normalised weights this layer applies, ``[B, H, T, T]``: ``A_ts / (sum_s A_ts + eps)``.
+
+        Rows sum to 1 up to the eps of the normaliser (``o = W v`` exactly, before the output projection).
+        """
         B, T = _check_x(x, self.d_model)
         self.feature_map.on_forward(continuing=False)
         q, k, _ = self._qkv(x)
-        A = torch.einsum("bthf,bshf->bhts", self.feature_map.query(q).float(), self.feature_map.key(k).float())
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        A = torch.einsum("bthf,bshf->bhts", self.feature_map.query(q).to(acc), self.feature_map.key(k).to(acc))
         if self.causal:
             A = A.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), 0.0)
         if key_padding_mask is not None:
@@ -156,6 +161,8 @@ class SoftmaxAttention(nn.Module):
         d_model, num_heads, causal: as in :class:`KernelAttention`.
         head_dim: per-head size; default ``d_model // num_heads``.
         dropout: attention dropout (training only).
+        rotary: rotate q and k by their absolute positions (rotary embeddings; the KV cache's length is the
+            offset of a decoding step).
     """
 
     def __init__(
@@ -166,22 +173,30 @@ class SoftmaxAttention(nn.Module):
         head_dim: int | None = None,
         dropout: float = 0.0,
         bias: bool = False,
+        rotary: bool = False,
     ):
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.head_dim = check_positive_int("head_dim (default d_model // num_heads)", head_dim or d_model // num_heads)
         self.causal, self.dropout = causal, float(dropout)
+        self.rotary = bool(rotary)
+        if self.rotary and self.head_dim % 2:
+            raise ValueError(f"rotary needs an even head_dim, got {self.head_dim}")
         inner = num_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=bias)
         self.k_proj = nn.Linear(d_model, inner, bias=bias)
         self.v_proj = nn.Linear(d_model, inner, bias=bias)
         self.o_proj = nn.Linear(inner, d_model, bias=bias)
 
-    def _qkv(self, x: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, offset: int = 0):
         B, T = x.shape[:2]
         shape = (B, T, self.num_heads, self.head_dim)
-        return self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        if self.rotary:  # positions offset .. offset + T - 1; cached keys are stored already rotated
+            positions = torch.arange(offset, offset + T, device=x.device)
+            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+        return q, k, v
 
     def forward(
         self,
@@ -192,7 +207,7 @@ class SoftmaxAttention(nn.Module):
     ):
         """``x [B, T, d_model] -> [B, T, d_model]``; state = ``{"k", "v": [B, S, H, D], "pad": [B, S] bool}``."""
         B, T = _check_x(x, self.d_model)
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, offset=0 if state is None else state["k"].shape[1])
         pad = key_padding_mask if key_padding_mask is not None else torch.zeros(B, T, dtype=torch.bool, device=x.device)
         if state is not None:  # continue after the cached keys: queries sit at positions S..S+T-1
             k, v = torch.cat([state["k"], k], 1), torch.cat([state["v"], v], 1)
@@ -220,7 +235,8 @@ class SoftmaxAttention(nn.Module):
         """Softmax weights ``[B, H, T, T]``."""
         B, T = _check_x(x, self.d_model)
         q, k, _ = self._qkv(x)
-        logits = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * self.head_dim**-0.5
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        logits = torch.einsum("bthd,bshd->bhts", q.to(acc), k.to(acc)) * self.head_dim**-0.5
         if self.causal:
             logits = logits.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), float("-inf"))
         if key_padding_mask is not None:

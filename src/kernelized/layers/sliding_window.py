@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelized._checks import check_positive_int
+from kernelized.layers.mixers import register_mixer
 from kernelized.layers.rotary import apply_rotary
 
 
+@register_mixer("sliding_window")
 class SlidingWindowAttention(nn.Module):
     """Multi-head softmax attention restricted to a window of recent tokens.
 

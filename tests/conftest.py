@@ -1,0 +1,39 @@
+"""Shared test helpers: seeding, a relative-RMS comparison (fla's assert_close), NaN-poisoned allocations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float = 1e-5, atol: float = 1e-9) -> None:
+    """Pass if max |ref - out| <= atol, else if RMS(ref - out) / RMS(ref) < ratio; never with NaN/Inf."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    diff = (ref.double() - out.double()).abs()
+    if diff.max() <= atol:
+        return
+    rel = diff.pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt().clamp_min(1e-30)
+    assert rel < ratio, f"{name}: relative RMS error {rel:.3e} >= {ratio:.1e} (max abs diff {diff.max():.3e})"
+
+
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """Uninitialised allocations come back NaN, so an op that leaves part of its output unwritten fails."""
+    for name in ("empty", "empty_like"):
+        real = getattr(torch, name)
+
+        def poisoned(*args, _real=real, **kwargs):
+            return _real(*args, **kwargs).fill_(float("nan"))
+
+        monkeypatch.setattr(torch, name, poisoned)
+    real_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(
+        torch.Tensor, "new_empty", lambda self, *a, **k: real_new_empty(self, *a, **k).fill_(float("nan"))
+    )
+    yield
