@@ -5,7 +5,16 @@
 136
 """
 
-from kernelized.kernels import polynomial, simple  # noqa: F401  (registration)
+# imported for registration
+from kernelized.kernels import (  # noqa: F401
+    fastfood,
+    generative,
+    performer,
+    polynomial,
+    random_features,
+    simple,
+    spectral,
+)
 from kernelized.kernels.base import FeatureMap, PolynomialForm
 from kernelized.kernels.registry import available, build, get, options, register
 
