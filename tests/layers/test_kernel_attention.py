@@ -1,4 +1,4 @@
-"""KernelAttention, SoftmaxAttention, BaseConv: forms agree (outputs and every parameter's gradient), resume, padding."""
+"""KernelAttention, SoftmaxAttention, BaseConv: forms agree (outputs, every parameter's gradient), resume, padding."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _layer(kernel, options, causal, mode="chunk"):
         24, num_heads=3, feature_dim=5, kernel=kernel, causal=causal, mode=mode, kernel_options=options, chunk_size=8
     ).double()
     with torch.no_grad():  # move gamma / beta off their initial values so their gradients are generic
-        for name, p in layer.feature_map.named_parameters():
+        for p in layer.feature_map.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return layer
 
