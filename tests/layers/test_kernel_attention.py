@@ -134,3 +134,18 @@ def test_build_mixer_and_bad_input():
         m(torch.randn(3, 8))
     with pytest.raises(ValueError, match="head_dim_v"):
         layers.KernelAttention(8, num_heads=16)
+
+
+@pytest.mark.parametrize("T", [1, 100])
+@pytest.mark.parametrize("kernel", ["rebased", "taylor"])
+def test_parameter_gradients_agree_at_other_lengths(kernel, T):
+    layer = _layer(kernel, {}, causal=True)
+    x = torch.randn(1, T, 24, dtype=torch.float64)
+    grads = {}
+    for mode in ("parallel", "chunk", "recurrent"):
+        layer.zero_grad()
+        layer(x, mode=mode).pow(2).sum().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    for mode in ("chunk", "recurrent"):
+        for n, g in grads["parallel"].items():
+            assert_close(f"{mode} d{n}", g, grads[mode][n], ratio=1e-9)
