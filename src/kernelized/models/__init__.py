@@ -3,3 +3,4 @@
 from kernelized.models.backbone import Block, LanguageModel, ModelConfig, SequenceModel
 
 __all__ = ["Block", "LanguageModel", "ModelConfig", "SequenceModel"]
+from kernelized.models.generation import generate as generate  # noqa: E402
