@@ -57,3 +57,59 @@ def test_bad_input():
         ar_hit_mask(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="padding_mask"):
         ar_hit_mask(torch.zeros(2, 3, dtype=torch.long), padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+
+
+class Uniform(torch.nn.Module):
+    """Logits that say nothing: perplexity V on every slice."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x):
+        return torch.zeros(*x.shape, self.vocab)
+
+
+class BigramRecall(torch.nn.Module):
+    """Predicts, with probability ~1, the token that followed the current token last time in the window."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x):
+        B, T = x.shape
+        logits = torch.zeros(B, T, self.vocab)
+        for b in range(B):
+            for t in range(T):
+                prev = [s for s in range(t) if x[b, s] == x[b, t]]
+                if prev:
+                    logits[b, t, x[b, prev[-1] + 1]] = 50.0
+        return logits
+
+
+def test_perplexity_slices():
+    import math
+
+    from kernelized import eval as keval
+    from kernelized.eval.perplexity import evaluate_perplexity, lm_eval_fn
+
+    assert keval.ar_hit_mask is ar_hit_mask
+    g = torch.Generator().manual_seed(3)
+    stream = torch.randint(0, 6, (4, 25), generator=g)
+    x, y = stream[:, :-1], stream[:, 1:]
+    out = lm_eval_fn(Uniform(6), (x, y))
+    hit = ar_hit_mask(stream)[:, 1:]
+    assert int(out["ar_hit_loss"][1]) == int(hit.sum()) and int(out["other_loss"][1]) == int((~hit).sum())
+    torch.testing.assert_close(out["ar_hit_loss"][0] + out["other_loss"][0], out["loss"][0])
+    data = list(zip(x, y))
+    metrics = evaluate_perplexity(Uniform(6), data, batch_size=3)
+    for name in ("ppl", "ar_hit_ppl", "other_ppl"):
+        assert math.isclose(metrics[name], 6.0, rel_tol=1e-5)
+    assert math.isclose(metrics["ar_hit_fraction"], hit.float().mean().item(), rel_tol=1e-6)
+    # a model that recalls bigrams from context is perfect exactly on AR hits whose bigram is the latest one
+    recall = evaluate_perplexity(
+        BigramRecall(6), [(torch.tensor([1, 2, 3, 1, 2, 3, 1]), torch.tensor([2, 3, 1, 2, 3, 1, 5]))]
+    )
+    assert math.isclose(recall["ar_hit_ppl"], 1.0, rel_tol=1e-6) and recall["other_ppl"] > 1e3
+    assert recall["ar_hit_tokens"] == 3  # the second 2, 3, 1 complete seen bigrams; (1, 5) is new

@@ -1,0 +1,73 @@
+"""Perplexity of a language model, overall and sliced into AR-hit and other tokens (Zoology).
+
+The AR-hit context is the evaluation window itself: a target token is a hit when its bigram occurred
+earlier in the same window (see :func:`kernelized.eval.ar_hit.ar_hit_mask`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernelized.eval.ar_hit import ar_hit_mask
+
+
+def lm_eval_fn(model: nn.Module, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Trainer eval_fn for ``(x [B, T], y [B, T])`` batches with ``y`` the next tokens of ``x``.
+
+    Returns ``{name: (sum, count)}``: ``loss`` (mean next-token NLL, nats), ``ar_hit_loss`` and ``other_loss``
+    (the same over AR-hit and other targets), ``ar_hit_fraction`` and ``accuracy``. Targets equal to -100
+    are ignored. :func:`perplexities` turns the aggregated losses into perplexities.
+    """
+    x, y = batch[0], batch[-1]
+    out = model(x)
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    B, T, V = logits.shape
+    valid = y != -100
+    nll = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), ignore_index=-100, reduction="none")
+    nll = nll.view(B, T)
+    # the window's token stream is x followed by the last target; its AR-hit mask over targets is [:, 1:]
+    stream = torch.cat([x, y[:, -1:].clamp_min(0)], dim=1)
+    hit = ar_hit_mask(stream, padding_mask=torch.cat([torch.zeros_like(valid[:, :1]), ~valid], 1))[:, 1:] & valid
+    other = valid & ~hit
+    correct = (logits.argmax(-1) == y) & valid
+    return {
+        "loss": (nll[valid].sum(), valid.sum()),
+        "ar_hit_loss": (nll[hit].sum(), hit.sum()),
+        "other_loss": (nll[other].sum(), other.sum()),
+        "ar_hit_fraction": (hit.sum(), valid.sum()),
+        "accuracy": (correct.sum(), valid.sum()),
+    }
+
+
+def perplexities(metrics: dict[str, float]) -> dict[str, float]:
+    """Add ``ppl``, ``ar_hit_ppl`` and ``other_ppl`` (exp of the mean NLLs) to aggregated eval metrics."""
+    out = dict(metrics)
+    for loss, ppl in (("loss", "ppl"), ("ar_hit_loss", "ar_hit_ppl"), ("other_loss", "other_ppl")):
+        if loss in metrics:
+            value = metrics[loss]
+            out[ppl] = math.exp(value) if math.isfinite(value) and value < 700 else float("inf")
+    return out
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: nn.Module, data, batch_size: int = 16, device: str | torch.device = "cpu") -> dict:
+    """Perplexity metrics of ``model`` over a dataset of ``(x, y)`` windows (e.g. ``TokenWindows``), one process."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        batch = tuple(torch.stack(parts).to(device) for parts in zip(*items))
+        for name, (s, c) in lm_eval_fn(model, batch).items():
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float(s)
+            acc[1] += float(c)
+    model.train(was_training)
+    metrics = {k: (s / c if c > 0 else float("nan")) for k, (s, c) in sums.items()}
+    metrics["tokens"] = sums["loss"][1] if sums else 0
+    metrics["ar_hit_tokens"] = sums["ar_hit_loss"][1] if sums else 0
+    return perplexities(metrics)
