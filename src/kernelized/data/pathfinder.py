@@ -320,11 +320,13 @@ def read_split(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
         raise FileNotFoundError(f"Pathfinder file not found: {path} (write it with `kernelized data pathfinder`)")
     try:
         with np.load(path) as z:
-            images, labels = z["images"], z["labels"]
-    except KeyError as e:
-        raise ValueError(f"{path}: missing array {e.args[0]!r}; expected 'images' and 'labels'") from None
-    except Exception as e:  # zip or pickle errors from a truncated file
+            missing = [k for k in ("images", "labels") if k not in z.files]
+            if not missing:
+                images, labels = z["images"], z["labels"]
+    except Exception as e:  # zip or pickle errors from a truncated or foreign file
         raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; expected 'images' and 'labels'")
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{path}: field 'images' must be uint8 [N, H, W], got {images.dtype} {images.shape}")
     if labels.shape != (len(images),):
