@@ -42,6 +42,11 @@ def write_json_atomic(obj, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, default=_json_default) + "\n").encode()))
 
 
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """UTF-8 text to ``path`` atomically."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by :func:`save_atomic` onto the CPU (tensors are moved by their owners)."""
     return torch.load(path, map_location="cpu", weights_only=False)
