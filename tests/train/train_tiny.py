@@ -55,7 +55,7 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-TIME_KEYS = ("elapsed", "wall_time_s", "train_time_s", "examples_per_s", "tokens_per_s", "peak_rss_mb")
+TIME_KEYS = ("elapsed", "wall_time_s", "train_time_s", "steps_per_s", "examples_per_s", "tokens_per_s", "peak_rss_mb")
 
 
 def without_times(record: dict) -> dict:

@@ -143,10 +143,10 @@ def to_device(batch, device: torch.device):
 
 
 def _num_tokens(batch) -> int:
-    """Tokens in a batch: the elements of its first integer input of rank >= 2 (0 when there is none)."""
-    args, kwargs, _ = split_batch(batch)
-    for x in list(args) + list(kwargs.values()):
-        if isinstance(x, torch.Tensor) and x.dim() >= 2 and not x.is_floating_point():
+    """Tokens in a batch: the elements of its first integer tensor of rank >= 2 (0 when there is none)."""
+    items = list(batch.values()) if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else [batch]
+    for x in items:
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and not x.is_floating_point() and x.dtype != torch.bool:
             return x.numel()
     return 0
 
@@ -316,8 +316,9 @@ class Trainer:
         "diverged"), ``steps``, ``epochs`` (float), ``best`` ({metric: best value over evaluations}),
         ``best_epoch`` and ``best_step`` (where each best was reached), ``final`` (the last evaluation),
         ``train_loss`` (mean over the last ``log_every`` steps), ``wall_time_s``, ``train_time_s``,
-        ``examples_per_s``, ``tokens_per_s`` (None when inputs are not token ids), ``peak_memory_mb`` (CUDA)
-        and ``peak_rss_mb`` (the process's peak resident memory), ``num_params``, ``device``, ``world_size``.
+        ``steps_per_s``, ``examples_per_s``, ``tokens_per_s`` (None when inputs are not token ids),
+        ``peak_memory_mb`` (CUDA) and ``peak_rss_mb`` (the process's peak resident memory), ``num_params``,
+        ``device``, ``world_size``.
         A run whose summary.json exists returns it and does nothing.
         """
         summary_path = self._path("summary.json")
@@ -387,8 +388,9 @@ class Trainer:
             for k, v in (mb_logs or {}).items():
                 logs[k] = logs.get(k, 0.0) + float(v) * weight
         distributed.all_reduce_gradients(self.params)
-        totals = torch.tensor([loss_sum.item(), examples, tokens], dtype=torch.float64)
-        distributed.all_reduce_sum(totals)
+        totals = torch.tensor([loss_sum.item(), examples, tokens], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum(totals)  # on the device: nccl reduces CUDA tensors only
+        totals = totals.cpu()
         if self.world_size > 1:
             gathered = distributed.gather_objects(logs)
             logs = {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted(set().union(*gathered))}
@@ -523,6 +525,7 @@ class Trainer:
             "train_loss": c.get("train_loss"),
             "wall_time_s": round(self._elapsed(), 3),
             "train_time_s": round(c["train_time"], 3),
+            "steps_per_s": self.step / train_time if c["train_time"] > 0 else None,
             "examples_per_s": c["examples"] / train_time,
             "tokens_per_s": c["tokens"] / train_time if c["tokens"] else None,
             "peak_memory_mb": peak,
