@@ -123,7 +123,7 @@ class _FastFood(RandomFeatureMap):
             return torch.exp(-0.5 * (diff * diff).sum(-1)) + (self.smoothing or 0.0) ** 2
         self._scaled_pair(q, k)
         blocks = -(-self.kernel_samples // self.padded_dim)
-        noise = self.draw(torch.Generator().manual_seed(self.seed + 1), num_blocks=blocks)
+        noise = self.draw(self.seeded_generator(1), num_blocks=blocks)
         return self.expected_given(q, k, self.frequencies(noise), self.weights(noise))
 
     def extra_repr(self) -> str:

@@ -85,7 +85,7 @@ class _Generative(RandomFeatureMap):
     def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The fixed-seed large-sample estimate with the evaluation-mode generator (see the module docstring)."""
         self._scaled_pair(q, k)
-        eps = self.draw(torch.Generator().manual_seed(self.seed + 1), num=self.kernel_samples)["eps"]
+        eps = self.draw(self.seeded_generator(1), num=self.kernel_samples)["eps"]
         omega = self.generate(eps, batch_stats=False).unsqueeze(0).expand(self.num_heads, -1, -1)
         weight = omega.new_full(omega.shape[:2], 1.0 / self.kernel_samples)
         return self.expected_given(q, k, omega, weight)

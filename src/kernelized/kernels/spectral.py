@@ -33,6 +33,7 @@ from kernelized.kernels.random_features import (
     check_num_features,
     default_num_features,
     gaussian_noise,
+    head_matmul,
 )
 from kernelized.kernels.registry import register
 
@@ -98,7 +99,7 @@ class _GaussianMixture(RandomFeatureMap):
         H, C, d = self.num_heads, self.num_components, self.head_dim
         eps = noise["eps"].reshape(H, C, self.per_component, d)
         if self.covariance == "full":
-            z = torch.einsum("hcsi,hcij->hcsj", eps, self.sigma.to(eps.dtype))
+            z = eps @ self.sigma.to(eps.dtype)  # rows eps' L, i.e. w = L' eps
         else:
             z = eps * torch.exp(0.5 * self.log_var.to(eps.dtype)).unsqueeze(2)
         return z, self.mean.to(eps.dtype).unsqueeze(2)
@@ -106,12 +107,12 @@ class _GaussianMixture(RandomFeatureMap):
     def _quad(self, x: torch.Tensor) -> torch.Tensor:
         """``x' Sigma_c x`` for ``x [..., H, d]`` -> ``[..., H, C]``."""
         if self.covariance == "full":
-            lx = torch.einsum("hcij,...hj->...hci", self.sigma.to(x.dtype), x)
+            lx = (self.sigma.to(x.dtype) @ x[..., None, :, None]).squeeze(-1)  # L x, [..., H, C, d]
             return (lx * lx).sum(-1)
-        return torch.einsum("hcd,...hd->...hc", torch.exp(self.log_var.to(x.dtype)), x * x)
+        return head_matmul(x * x, torch.exp(self.log_var))
 
     def _dot_mean(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("hcd,...hd->...hc", self.mean.to(x.dtype), x)
+        return head_matmul(x, self.mean)
 
     def extra_repr(self) -> str:
         return (
