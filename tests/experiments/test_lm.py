@@ -1,0 +1,128 @@
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from kernelized.experiments import lm
+from kernelized.train import Trainer, load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread than fighting over a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_preset(tmp_path, **changes) -> str:
+    """A very small preset: 2 layers (BaseConv, ReBased), width 16, windows of 32 bytes, a few steps."""
+    preset = {
+        "name": "unit",
+        "tokenizer": "byte",
+        "seq_len": 32,
+        "corpus": {"source": "stdlib", "train_tokens": 6000, "val_tokens": 1024, "val_fraction": 0.2},
+        "model": {
+            "d_model": 16,
+            "n_layers": 2,
+            "pattern": [
+                {"mixer": "baseconv", "kernel_size": 3},
+                {"mixer": "kernel", "kernel": "rebased", "num_heads": 2, "feature_dim": 4, "mode": "parallel"},
+            ],
+            "mlp": "swiglu",
+            "positions": "learned",
+        },
+        "train": {"max_steps": 6, "batch_size": 8, "lr": 1e-2, "eval_every": 3, "checkpoint_every": 2, "log_every": 1},
+        "generate": {"prompt": "def ", "max_new_tokens": 12},
+    }
+    for key, value in changes.items():
+        section, leaf = key.split("__")
+        preset[section][leaf] = value
+    path = tmp_path / "unit.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return str(path)
+
+
+def test_compare_mode_writes_table_sample_and_exact_decoding(tmp_path, capsys):
+    preset = write_preset(tmp_path)
+    out = tmp_path / "runs"
+    argv = ["--preset", preset, "--kernels", "rebased,softmax", "--out", str(out), "--no-progress"]
+    assert lm.main(argv) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["kernel"] for r in rows] == ["rebased", "softmax"]
+    for r in rows:
+        ppl, hit, other = float(r["ppl"]), float(r["ar_hit_ppl"]), float(r["other_ppl"])
+        assert 1 < hit and 1 < other and min(hit, other) <= ppl <= max(hit, other)
+        assert float(r["decode_max_abs_diff"]) < 1e-4  # prefill + recurrent decode = full forward
+        assert 0 < float(r["ar_hit_fraction"]) < 1
+    # the kernel state does not grow while decoding; the softmax KV cache does
+    assert int(rows[0]["decode_state_growth_per_token"]) == 0 < int(rows[1]["decode_state_growth_per_token"])
+    assert "| kernel |" in (out / "report.md").read_text() and (out / "ar_hit.png").exists()
+    sample = (out / "rebased" / "sample.txt").read_text()
+    assert sample.startswith("def ")
+    cfg = yaml.safe_load((out / "softmax" / "config.yaml").read_text())
+    assert {b["mixer"]["mixer"] for b in cfg["model"]["blocks"]} == {"baseconv", "softmax"}
+    # better than the untrained model (uniform over 257 bytes: perplexity 257)
+    assert json.loads((out / "rebased" / "eval.json").read_text())["ppl"] < 0.8 * 257
+    # a finished run is not redone: same numbers, no new training
+    before = (out / "results.csv").read_text()
+    assert lm.main(argv) == 0
+    assert (out / "results.csv").read_text() == before
+
+
+def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
+    preset = write_preset(tmp_path)
+    argv = ["--preset", preset, "--no-progress"]
+    assert lm.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+
+    real_step, calls = Trainer._train_step, [0]
+
+    def dying_step(self, indices):
+        calls[0] += 1
+        if calls[0] == 6:  # killed after the checkpoint of step 4, in step 5 (which it never finishes)
+            raise KeyboardInterrupt
+        return real_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        lm.main(argv + ["--out", str(tmp_path / "killed")])
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    assert lm.main(argv + ["--out", str(tmp_path / "killed")]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "model" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "model" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea = json.loads((tmp_path / "straight" / "model" / "eval.json").read_text())
+    eb = json.loads((tmp_path / "killed" / "model" / "eval.json").read_text())
+    assert ea["ppl"] == eb["ppl"] and ea["ar_hit_ppl"] == eb["ar_hit_ppl"]
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    def err(argv):
+        assert lm.main(argv + ["--out", str(tmp_path / "x"), "--no-progress"]) == 2
+        return capsys.readouterr().err
+
+    too_long = write_preset(tmp_path, model__max_len=16)
+    assert "seq_len=32 is longer than the learned positions allow (model.max_len=16)" in err(["--preset", too_long])
+    (tmp_path / "empty").mkdir()
+    empty = write_preset(tmp_path, corpus__source=str(tmp_path / "empty"))
+    assert "gave no train text" in err(["--preset", empty])
+    missing_tok = write_preset(tmp_path)
+    assert "could not be found" in err(["--preset", missing_tok, "--set", f"tokenizer={tmp_path}/no/tok"])
+    assert "--kernels must name kernels" in err(["--preset", missing_tok, "--kernels", "rebased,nope"])
+    assert "preset must be one of" in err(["--preset", "no-such-preset"])
+    assert "key=value" in err(["--preset", missing_tok, "--set", "train.max_steps"])
+
+
+def test_presets_build_and_count_parameters(capsys):
+    assert {"tiny", "rebased", "based", "hybrid", "rebased-150m"} <= set(lm.available_presets())
+    assert lm.main(["--preset", "rebased-150m", "--count-params"]) == 0
+    n = int(capsys.readouterr().out.split(": ")[1].split(" ")[0].replace(",", ""))
+    assert 140e6 < n < 160e6  # the ReBased paper's ~150M scale
+    for name in ("tiny", "rebased", "based", "hybrid"):
+        cfg = lm.model_config(lm.load_preset(name), 257)
+        assert all(b["mlp"] == "swiglu" for b in cfg.blocks)
+    hybrid = {b["mixer"]["mixer"] for b in lm.model_config(lm.load_preset("hybrid"), 257).blocks}
+    assert hybrid == {"baseconv", "kernel", "sliding_window"}
