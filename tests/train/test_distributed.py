@@ -29,7 +29,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # the processes stay in lockstep
     expected = single.state_dict()
     assert max((ranks[0][k] - expected[k]).abs().max().item() for k in expected) < 1e-6
-    assert not all(torch.equal(expected[k], tiny_model(seed=0).state_dict()[k]) for k in expected)  # it trained
+    start = tiny_model(seed=0).state_dict()
+    assert not all(torch.equal(expected[k], start[k]) for k in expected)  # it trained
+    assert torch.equal(ranks[0]["spare.weight"], start["spare.weight"])  # no gradient anywhere: not decayed
 
     ddp_lines, one_lines = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [r["step"] for r in ddp_lines] == [r["step"] for r in one_lines]  # only rank 0 wrote, once

@@ -268,3 +268,11 @@ def test_bad_arguments_are_named():
         Trainer(tiny_model(), config(), shift_data(0, 0))
     with pytest.raises(ValueError, match="model"):
         Trainer("not a model", config(), shift_data(8, 0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_learns_and_reports_peak_memory(tmp_path):
+    cfg = config(epochs=6, lr=1e-2, device="auto", precision="bf16")
+    summary = Trainer(tiny_model(), cfg, shift_data(256, 0), shift_data(64, 1), run_dir=tmp_path).fit()
+    assert summary["device"].startswith("cuda") and summary["peak_memory_mb"] > 0
+    assert summary["best"]["accuracy"] > 0.9

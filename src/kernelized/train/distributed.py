@@ -85,12 +85,17 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
 def all_reduce_gradients(params: list[torch.Tensor], bucket_numel: int = 2**23) -> None:
     """Sum the gradients of ``params`` over processes, in buckets of flattened tensors.
 
-    A missing gradient (a parameter unused in this process's forward) counts as zeros, so every process
-    sends the same buckets. Each process weights its loss by its share of the global batch, so the sum
+    A parameter that got a gradient in some process but not in this one (unused in its forward) gets
+    zeros here; one that got none anywhere keeps ``grad=None``, so the optimizer skips it exactly as a
+    single process would. Each process weights its loss by its share of the global batch, so the sum
     (not the mean) is the gradient of the global batch.
     """
     if not is_distributed():
         return
+    device = params[0].device if params else torch.device("cpu")
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    params = [p for p, used in zip(params, has_grad.tolist()) if used]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

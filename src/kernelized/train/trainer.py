@@ -536,4 +536,5 @@ class Trainer:
         }
         if self.run_dir is not None and self.is_main:
             write_json_atomic(summary, self._path("summary.json"))
+        distributed.barrier()  # every process returns after the summary exists
         return summary
