@@ -173,6 +173,9 @@ def test_finished_run_returns_its_summary_and_does_nothing(tmp_path):
     assert again == json.loads(json.dumps(first))
     assert (tmp_path / "metrics.jsonl").read_text() == before
     assert weights_equal(model, tiny_model(seed=5))
+    trainer = Trainer(model, cfg, shift_data(32, 0), shift_data(16, 1), run_dir=tmp_path)
+    assert trainer.load_weights()  # the finished run's final weights, to evaluate elsewhere
+    assert trainer.evaluate() == first["final"]
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path):

@@ -302,6 +302,19 @@ class Trainer:
             with open(metrics, "r+b") as f:  # drop the lines written after the checkpoint
                 f.truncate(ckpt["metrics_bytes"])
 
+    def load_weights(self) -> bool:
+        """Load the model weights of run_dir/checkpoint.pt (the last step of a finished run); False if none.
+
+        ``fit()`` on a finished run returns its summary without touching the model; call this first to
+        evaluate that run's final model on other data (``trainer.evaluate(test_data)``).
+        """
+        path = self._path("checkpoint.pt")
+        if path is None or not path.exists():
+            return False
+        self.setup()
+        self.model.load_state_dict(load_checkpoint(path)["model"])
+        return True
+
     def _log(self, record: dict) -> None:
         if self.run_dir is None or not self.is_main:
             return
