@@ -28,11 +28,11 @@ from kernelized.experiments.common import (
 PRESET = """
 data: {vocab_size: 64, seq_len: 32}
 model: {d_model: 16, kernel_options: {}}
-train: {lr: 1.0e-3, epochs: 2}
+train: {lr: 1e-3, epochs: 2}
 seed: 0
 grid:
   model.kernel_options: [{p: 1}]
-  train.lr: [1.0e-3, 3.0e-3]
+  train.lr: [1e-3, 3.0e-3]
   seed: [0, 1]
 """
 
@@ -68,7 +68,7 @@ def test_load_preset_by_name_and_path_with_defaults(preset_dir):
 
 def test_overrides_are_parsed_by_yaml_and_may_pin_or_replace_grid_axes(preset_dir):
     cfg = load_preset("toy", "small", ["train.epochs=5", "data.seq_len=1e2", "seed=3", "grid.train.lr=[0.1]"])
-    assert cfg["train"]["epochs"] == 5 and cfg["data"]["seq_len"] == "1e2"  # YAML 1.1: 1e2 is a string
+    assert cfg["train"]["epochs"] == 5 and cfg["data"]["seq_len"] == 100.0  # plain YAML 1.1 says "1e2"
     assert cfg["seed"] == 3 and "seed" not in cfg["grid"]  # pinned
     assert cfg["grid"]["train.lr"] == [0.1]
     cfg = load_preset("toy", "small", {"model.kernel_options.anything": True, "grid.data.vocab_size": [8, 16]})

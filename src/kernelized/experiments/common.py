@@ -55,6 +55,29 @@ PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # the reposit
 
 
 # -- presets -------------------------------------------------------------------------------------------
+class PresetLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads ``1e-3`` and ``5e4`` as floats (YAML 1.1 wants ``1.0e-3``)."""
+
+
+PresetLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str):
+    """Parse YAML like ``yaml.safe_load``, with ``1e-3`` read as a float."""
+    return yaml.load(text, Loader=PresetLoader)
+
+
 def config_dirs() -> list[Path]:
     """Where presets are looked up: the repository's configs/ then ./configs (duplicates removed)."""
     dirs = []
@@ -91,7 +114,7 @@ def read_yaml(path: str | Path) -> dict:
     """A YAML file holding a mapping; malformed files raise ValueError naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"malformed YAML in {path}: {e}") from None
     if data is None:
@@ -104,8 +127,8 @@ def read_yaml(path: str | Path) -> dict:
 def parse_overrides(overrides: Sequence[str] | Mapping | None) -> dict:
     """``["train.lr=3e-3", "grid.seed=[0, 1]"]`` -> ``{"train.lr": 0.003, "grid.seed": [0, 1]}``.
 
-    Values are parsed by ``yaml.safe_load`` (numbers, booleans, null, lists, mappings; anything else is a
-    string). A mapping is returned as a copy.
+    Values are parsed as YAML (:func:`load_yaml_text`: numbers including ``3e-3``, booleans, null, lists,
+    mappings; anything else is a string). A mapping is returned as a copy.
     """
     if overrides is None:
         return {}
@@ -118,7 +141,7 @@ def parse_overrides(overrides: Sequence[str] | Mapping | None) -> dict:
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {item!r}")
         try:
-            out[key] = yaml.safe_load(value)
+            out[key] = load_yaml_text(value)
         except yaml.YAMLError as e:
             raise ValueError(f"--set {key}: cannot parse value {value!r}: {e}") from None
     return out
@@ -203,7 +226,7 @@ def load_preset(
         experiment: the folder under configs/ ("mqar", "lra", "lm", ...).
         name_or_path: a preset name (configs/<experiment>/<name>.yaml, looked up in the repository's
             configs/ and then in ./configs) or a path to a .yaml file.
-        overrides: ``["key=value", ...]`` (dotted keys; values parsed by yaml.safe_load) or a mapping.
+        overrides: ``["key=value", ...]`` (dotted keys; values parsed as YAML, ``3e-3`` a float) or a mapping.
             ``key=value`` for a key that is a grid axis pins it (the axis is removed from the grid);
             ``grid.key=[...]`` replaces (or adds) an axis.
         defaults: the experiment's full default config. When given, every key of the preset must exist in
