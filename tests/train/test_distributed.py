@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from train_tiny import ddp_config, ddp_worker, read_metrics, shift_data, tiny_model
 
-from kernelized.train import Trainer, distributed
+from kernelized.train import Trainer, distributed, load_checkpoint
 
 
 def free_port() -> int:
@@ -39,6 +39,16 @@ def test_two_processes_match_one_process(tmp_path):
         for key in ("loss", "accuracy", "train_loss"):
             if key in b:
                 assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+    assert len(load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["rng"]) == 2  # each process's RNG, for resume
     ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert ddp_summary["world_size"] == 2 and ddp_summary["steps"] == summary["steps"] == 14
     assert abs(ddp_summary["final"]["accuracy"] - summary["final"]["accuracy"]) < 1e-9
+
+
+def test_without_torchrun_everything_is_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_env() is False
+    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
+    t = torch.ones(3)
+    assert torch.equal(distributed.all_reduce_sum(t), torch.ones(3))
+    assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
