@@ -7,7 +7,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from train_tiny import ddp_config, ddp_worker, read_metrics, shift_data, tiny_model
+from train_tiny import ddp_config, ddp_worker, read_metrics, shift_data, tiny_model, without_times
 
 from kernelized.train import Trainer, distributed, load_checkpoint
 
@@ -40,6 +40,11 @@ def test_two_processes_match_one_process(tmp_path):
             if key in b:
                 assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
     assert len(load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["rng"]) == 2  # each process's RNG, for resume
+    for rank in range(2):
+        both = torch.load(tmp_path / f"resume{rank}.pt")
+        assert all(torch.equal(both["whole"][k], both["resumed"][k]) for k in both["whole"])
+    resumed_lines, whole_lines = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "whole")
+    assert [without_times(r) for r in resumed_lines] == [without_times(r) for r in whole_lines]
     ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert ddp_summary["world_size"] == 2 and ddp_summary["steps"] == summary["steps"] == 14
     assert abs(ddp_summary["final"]["accuracy"] - summary["final"]["accuracy"]) < 1e-9

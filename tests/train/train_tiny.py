@@ -76,12 +76,35 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     import os
     from pathlib import Path
 
-    from kernelized.train import Trainer, distributed
+    from kernelized.train import Trainer, default_loss, distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
     os.environ.update(WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    out = Path(out_dir)
+    train, val = shift_data(97, 0), shift_data(30, 1)
     model = tiny_model(seed=rank)  # different starting weights: the Trainer must broadcast rank 0's
-    Trainer(model, ddp_config(), shift_data(97, 0), shift_data(30, 1), run_dir=Path(out_dir) / "ddp").fit()
-    torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    Trainer(model, ddp_config(), train, val, run_dir=out / "ddp").fit()
+    torch.save(model.state_dict(), out / f"rank{rank}.pt")
+
+    # exact resume with 2 processes and dropout: each process's RNG state must come back
+    cfg = ddp_config()
+    cfg.checkpoint_every = 3
+    whole = tiny_model(dropout=0.1)
+    Trainer(whole, cfg, train, val, run_dir=out / "whole").fit()
+    calls = [0]
+
+    def dying_loss(model, batch):
+        calls[0] += 1
+        if calls[0] == 14:  # the 5th step of 3 micro-batches: after the checkpoint at step 3
+            raise KeyboardInterrupt
+        return default_loss(model, batch)
+
+    try:
+        Trainer(tiny_model(dropout=0.1), cfg, train, val, run_dir=out / "resumed", loss_fn=dying_loss).fit()
+    except KeyboardInterrupt:
+        pass
+    resumed = tiny_model(seed=7, dropout=0.1)
+    Trainer(resumed, cfg, train, val, run_dir=out / "resumed").fit()
+    torch.save({"whole": whole.state_dict(), "resumed": resumed.state_dict()}, out / f"resume{rank}.pt")
     distributed.cleanup()
