@@ -12,6 +12,14 @@ H, D = 2, 4
 RANDOM = ["rff", "performer", "gmm-rks", "gmm-prf", "fastfood-rks", "fastfood-prf", "generative-rks", "generative-prf"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: contended threads only slow them down
+    yield
+    torch.set_num_threads(n)
+
+
 def _noise(fm):
     return {n: getattr(fm, "noise_" + n).clone() for n in fm._noise_names}
 

@@ -301,19 +301,24 @@ class RandomFeatureMap(FeatureMap):
         return 2 * m if self.hyperbolic else m
 
     def features(self, x: torch.Tensor, role: str, noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[..., H, d] -> [..., H, F]`` in x's dtype; computed in float32 at least (and outside autocast), because
+        cos/sin/exp of half-precision arguments lose the absolute precision the estimate needs."""
         noise = self.current_noise() if noise is None else noise
-        x = x * self.input_scale
-        u = self.project(x, noise)
-        w = self.weights(noise)
-        if self.estimator == "rks":
-            return rks_features(u, w, self.smoothing)
-        a = prf_exponents(u, (x * x).sum(-1, keepdim=True), w, self.norm_offset, self.hyperbolic)
-        if self.stabilize:
-            if role == "query":
-                a = a - a.amax(-1, keepdim=True).detach()
-            else:
-                a = a - self.key_shift(noise).to(a.dtype).unsqueeze(-1)
-        return torch.exp(a)
+        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+            x = x * self.input_scale
+            u = self.project(x, noise)
+            w = self.weights(noise)
+            if self.estimator == "rks":
+                return rks_features(u, w, self.smoothing).to(dtype)
+            a = prf_exponents(u, (x * x).sum(-1, keepdim=True), w, self.norm_offset, self.hyperbolic)
+            if self.stabilize:
+                if role == "query":
+                    a = a - a.amax(-1, keepdim=True).detach()
+                else:
+                    a = a - self.key_shift(noise).to(a.dtype).unsqueeze(-1)
+            return torch.exp(a).to(dtype)
 
     @torch.no_grad()
     def key_shift(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
