@@ -82,6 +82,8 @@ def test_weight_decay_only_on_matrices_outside_feature_maps():
         (dict(early_stop_metric="accuracy"), "early_stop_threshold"),
         (dict(device="tpu"), "device"),
         (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, name):
