@@ -180,3 +180,28 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="must end in the head dimension 4"):
         fm.kernel(torch.randn(3, H, D), torch.randn(3, H, 3))
     assert pow2cast(1) == 1 and pow2cast(3) == 4 and pow2cast(5) == 4
+
+
+def test_redraw_schedule_resumes_from_a_checkpoint():
+    a = kernels.build("gmm-prf", head_dim=D, num_heads=H, redraw=3)
+    for _ in range(2):
+        a.on_forward()
+    b = kernels.build("gmm-prf", head_dim=D, num_heads=H, redraw=3, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert b.num_forwards == 2
+    last = _noise(b)
+    b.on_forward()  # forward number 2: no draw yet
+    assert _same(last, _noise(b))
+    b.on_forward()  # forward number 3: draws
+    assert not _same(last, _noise(b))
+
+
+@pytest.mark.parametrize("name", ["performer", "gmm-rks"])
+def test_half_precision_inputs_get_float32_features(name):
+    fm = kernels.build(name, head_dim=8, num_heads=H)
+    x = 4 * torch.randn(6, H, 8)
+    ref = fm.query(x.bfloat16().float())  # the same inputs, features in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fm.query(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.bfloat16().float(), rtol=0, atol=0)
