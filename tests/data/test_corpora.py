@@ -14,7 +14,7 @@ def test_stdlib_corpus_is_deterministic_and_splits_are_disjoint():
     assert any(p.name == "os.py" for p in files) and all(p.suffix == ".py" for p in files)
     cfg = CorpusConfig(source="stdlib", train_tokens=20_000, val_tokens=5_000, val_fraction=0.2)
     train, val = load_corpus(cfg, BYTE)
-    assert train.shape == (20_000,) and val.shape == (5_000,) and train.dtype == torch.long
+    assert train.shape == (20_000,) and val.shape == (5_000,) and train.dtype == torch.int32
     train2, val2 = load_corpus(cfg, BYTE)
     assert torch.equal(train, train2) and torch.equal(val, val2)
     assert (train == BYTE.eos_id).any()  # documents are separated

@@ -114,6 +114,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "--kernels must name kernels" in err(["--preset", missing_tok, "--kernels", "rebased,nope"])
     assert "preset must be one of" in err(["--preset", "no-such-preset"])
     assert "key=value" in err(["--preset", missing_tok, "--set", "train.max_steps"])
+    assert "corpus section has unknown keys ['sorce']" in err(["--preset", missing_tok, "--set", "corpus.sorce=x"])
+    assert "unknown train config key" in err(["--preset", missing_tok, "--set", "train.stepz=3"])
 
 
 def test_presets_build_and_count_parameters(capsys):

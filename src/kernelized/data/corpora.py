@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -164,20 +165,25 @@ def _hub_documents(cfg: CorpusConfig, split: str) -> Iterator[str]:
 
 
 def tokenize_documents(documents, tokenizer, max_tokens: int) -> torch.Tensor:
-    """Encode documents into one stream, each followed by the end-of-document token, cut at max_tokens: ``[N]``."""
+    """Encode documents into one stream, each followed by the end-of-document token, cut at max_tokens: ``[N]``.
+
+    Stored as int32 numpy pieces while reading (a Python list of 10^8 ints would take gigabytes).
+    """
     check_positive_int("max_tokens", max_tokens)
-    out: list[int] = []
+    pieces, total = [], 0
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     for text in documents:
-        out.extend(tokenizer.encode(text))
-        if tokenizer.eos_id is not None:
-            out.append(tokenizer.eos_id)
-        if len(out) >= max_tokens:
+        ids = np.asarray(tokenizer.encode(text) + eos, dtype=np.int32)
+        pieces.append(ids)
+        total += len(ids)
+        if total >= max_tokens:
             break
-    return torch.tensor(out[:max_tokens], dtype=torch.long)
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    return torch.from_numpy(stream[:max_tokens].copy())
 
 
 def load_corpus(cfg: CorpusConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and validation token streams ``([N_train], [N_val])``; raises ValueError on an empty corpus."""
+    """Train and validation token streams ``([N_train], [N_val])``, int32; raises ValueError on an empty corpus."""
     train = tokenize_documents(iter_documents(cfg, "train"), tokenizer, cfg.train_tokens)
     val = tokenize_documents(iter_documents(cfg, "validation"), tokenizer, cfg.val_tokens)
     for split, tokens in (("train", train), ("validation", val)):
@@ -191,7 +197,7 @@ def load_corpus(cfg: CorpusConfig, tokenizer) -> tuple[torch.Tensor, torch.Tenso
 
 class TokenWindows(Dataset):
     """Non-overlapping windows of a token stream: item i is ``(x, y)`` with ``x = s[i*L : i*L+L]`` and
-    ``y = s[i*L+1 : i*L+L+1]`` (the next tokens), both ``[L]`` long. A tail shorter than L+1 is dropped.
+    ``y = s[i*L+1 : i*L+L+1]`` (the next tokens), both int64 ``[L]``. A tail shorter than L+1 is dropped.
     """
 
     def __init__(self, tokens: torch.Tensor, seq_len: int):
@@ -213,5 +219,5 @@ class TokenWindows(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)})")
         start = i * self.seq_len
-        chunk = self.tokens[start : start + self.seq_len + 1]
+        chunk = self.tokens[start : start + self.seq_len + 1].long()
         return chunk[:-1], chunk[1:]

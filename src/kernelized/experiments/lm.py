@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -34,7 +36,7 @@ from kernelized.data.tokenizers import load_tokenizer
 from kernelized.eval.perplexity import lm_eval_fn, perplexities
 from kernelized.models import LanguageModel, ModelConfig
 from kernelized.models.generation import generate, incremental_logits
-from kernelized.train import TrainConfig, Trainer, distributed, load_checkpoint, write_json_atomic
+from kernelized.train import TrainConfig, Trainer, distributed, load_checkpoint, save_atomic, write_json_atomic
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "lm"
 MODEL_KEYS = {"d_model", "n_layers", "pattern", "mlp", "mlp_hidden", "positions", "norm", "max_len", "dropout"}
@@ -120,6 +122,25 @@ def check_kernels(names: list[str]) -> list[str]:
     if bad:
         raise ValueError(f"--kernels must name kernels from {valid}, got {bad}")
     return names
+
+
+def load_tokens(preset: dict, tok, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train/val token streams, tokenized once (by rank 0) and cached in ``out/tokens-<hash>.pt``: resumed and
+    multi-process runs read the same tokens without tokenizing again."""
+    fields = {f.name for f in dataclasses.fields(CorpusConfig)}
+    unknown = sorted(set(preset.get("corpus", {})) - fields)
+    if unknown:
+        raise ValueError(f"corpus section has unknown keys {unknown}; expected a subset of {sorted(fields)}")
+    corpus = CorpusConfig(**preset.get("corpus", {}))
+    key = json.dumps({"corpus": dataclasses.asdict(corpus), "tokenizer": tok.name, "vocab": tok.vocab_size})
+    path = out / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    if distributed.get_rank() == 0 and not path.exists():
+        train, val = load_corpus(corpus, tok)
+        out.mkdir(parents=True, exist_ok=True)
+        save_atomic({"train": train, "val": val, "key": key}, path)
+    distributed.barrier()
+    cached = torch.load(path, weights_only=True)
+    return cached["train"], cached["val"]
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -272,21 +293,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.count_params:  # the preset's vocab_size stands in for a tokenizer that needs the network
             vocab = preset.get("vocab_size") or load_tokenizer(preset.get("tokenizer", "byte")).vocab_size
             for kernel in kernel_list:
-                model = LanguageModel(model_config(preset, vocab, kernel))
+                with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                    model = LanguageModel(model_config(preset, vocab, kernel))
                 n = model.num_parameters()
                 print(f"{preset['name']} kernel={kernel or '-'}: {n:,} parameters ({n / 1e6:.1f}M)")
             return 0
         tok = load_tokenizer(preset.get("tokenizer", "byte"))
-        for kernel in kernel_list:  # fail on a bad model before reading any data
+        for kernel in kernel_list:  # fail on a bad model or train section before reading any data
             model_config(preset, tok.vocab_size, kernel)
+        TrainConfig.from_dict(preset.get("train", {}))
         distributed.init_from_env()
+        out = Path(args.out) if args.out else Path("runs") / "lm" / preset["name"]
         seq_len = int(preset["seq_len"])
-        train, val = load_corpus(CorpusConfig(**preset.get("corpus", {})), tok)
+        train, val = load_tokens(preset, tok, out)
         data = {"tokenizer": tok, "train": TokenWindows(train, seq_len), "val": TokenWindows(val, seq_len)}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / "lm" / preset["name"]
     rows = []
     for kernel in kernel_list:
         run_dir = out / (kernel or "model")
