@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -141,9 +140,7 @@ def fake_run(config: dict, run_dir: Path) -> dict:
     if config.get("fail"):
         raise RuntimeError("this run was told to fail")
     accuracy = 0.5 + config["train"]["lr"] * 10 + 0.01 * config["seed"]
-    summary = {"best": {"accuracy": accuracy}, "threads": torch.get_num_threads(), "steps": 7}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    return summary
+    return {"best": {"accuracy": accuracy}, "threads": torch.get_num_threads(), "steps": 7, "pair": (1, 2)}
 
 
 def test_run_sweep_runs_skips_finished_and_writes_results(tmp_path):
@@ -156,6 +153,10 @@ def test_run_sweep_runs_skips_finished_and_writes_results(tmp_path):
     again = run_sweep(runs, fake_run, tmp_path / "sweep", progress=False)
     assert [r["summary"] for r in again] == [r["summary"] for r in records]
     assert all((tmp_path / "sweep" / r.run_id / "calls").read_text() == "x" for r in runs)  # ran once each
+    assert records[0]["summary"]["pair"] == [1, 2]  # as read back from result.json on a re-run
+    (tmp_path / "sweep" / runs[0].run_id / "result.json").unlink()  # killed before run_fn returned
+    assert run_sweep(runs, fake_run, tmp_path / "sweep", progress=False) == records
+    assert (tmp_path / "sweep" / runs[0].run_id / "calls").read_text() == "xx"
     with open(tmp_path / "sweep" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["run_id"] for row in rows] == [r.run_id for r in runs]
@@ -172,7 +173,7 @@ def test_run_sweep_keeps_going_past_a_failed_run(tmp_path):
     ]
     with pytest.raises(RuntimeError, match=r"1 of 3 runs failed: bad .*told to fail"):
         run_sweep(runs, fake_run, tmp_path, progress=False)
-    assert (tmp_path / "ok2" / "summary.json").exists()
+    assert (tmp_path / "ok2" / "result.json").exists() and not (tmp_path / "bad" / "result.json").exists()
     assert "told to fail" in (tmp_path / "bad" / "error.txt").read_text()
     with open(tmp_path / "results.csv") as f:
         assert [row.get("status") for row in csv.DictReader(f)] == ["", "failed", ""]

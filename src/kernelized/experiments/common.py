@@ -17,7 +17,7 @@ An experiment's main() then does::
 
     preset = load_preset("mqar", args.preset, args.set, defaults=DEFAULTS)   # errors before any training
     runs = expand_grid(preset)                                              # [Run(run_id, config, params)]
-    records = run_sweep(runs, run_one, out_dir, workers=args.workers)       # skips finished runs
+    records = run_sweep(runs, run_one, out_dir, workers=args.workers)       # skips runs with a result.json
     table = reduce_runs(records, cell_keys=["kernel", "model.d_model"], metric="best.accuracy",
                         lr_key="train.lr", seed_key="seed")                 # best lr per cell, mean ± 95% CI
     write_markdown_table(out_dir / "report.md", table, columns=[...], title="MQAR")
@@ -370,9 +370,12 @@ def run_sweep(
 ) -> list[dict]:
     """Run every run not yet finished, in ``workers`` processes, and write out_dir/results.csv.
 
-    Each run gets ``out_dir/<run_id>/`` with its ``config.yaml``; a run whose ``summary.json`` exists
-    is not run again (its summary is read back), so an interrupted sweep resumes with the same command
-    (and run_fn resumes a half-finished run through the Trainer's checkpoint). With ``workers > 1``,
+    Each run gets ``out_dir/<run_id>/`` with its ``config.yaml``. What run_fn returns is saved as
+    ``<run_id>/result.json``; a run with a result.json is not run again (it is read back), so an
+    interrupted sweep resumes with the same command. A run killed mid-way is called again and resumes
+    through the Trainer's checkpoint; one killed after training but before run_fn returned (e.g. during
+    a test-set evaluation) is called again too, and ``Trainer.fit()`` then returns at once from its
+    summary.json (result.json rather than summary.json marks a run done for that reason). With ``workers > 1``,
     runs go to spawned processes with ``max(1, cores // workers)`` torch threads each; run_fn must then
     be a top-level function, and it should turn off its own progress bar (they would interleave).
 
@@ -380,7 +383,8 @@ def run_sweep(
     others go on, results.csv is written, and then a RuntimeError names the failed runs.
 
     Returns one record per run, in the order of ``runs``:
-    ``{"run_id", "params", "config", "summary", "run_dir"}`` (summary None for a failed run).
+    ``{"run_id", "params", "config", "summary", "run_dir"}`` (summary: run_fn's return value, None for a
+    failed run).
     results.csv has one row per run: run_id, the flattened config, then the flattened summary (a summary
     column whose name a config column already has is written as ``summary.<name>``).
     """
@@ -395,7 +399,7 @@ def run_sweep(
     pending = []
     for run in runs:
         run_dir = out_dir / run.run_id
-        done = run_dir / "summary.json"
+        done = run_dir / "result.json"
         if done.exists():
             summaries[run.run_id] = json.loads(done.read_text())
         else:
@@ -429,8 +433,11 @@ def run_sweep(
     records = []
     for run in runs:
         summary = summaries.get(run.run_id)
-        if summary is not None and run.run_id not in errors and not (out_dir / run.run_id / "summary.json").exists():
-            write_json_atomic(summary, out_dir / run.run_id / "summary.json")  # run_fn may not write one
+        result = out_dir / run.run_id / "result.json"
+        if summary is not None and run.run_id not in errors:
+            if not result.exists():
+                write_json_atomic(summary, result)
+            summary = json.loads(result.read_text())  # the same record on this call and on a re-run
         records.append(
             {
                 "run_id": run.run_id,
