@@ -34,6 +34,15 @@ CHUNK_CASES = {
 }
 
 
+def _pytorch(fn, *args, **kwargs):
+    """Call an op with the Triton dispatch switched off: the PyTorch reference."""
+    os.environ["KERNELIZED_DISABLE_TRITON"] = "1"
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        del os.environ["KERNELIZED_DISABLE_TRITON"]
+
+
 def _rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
@@ -54,7 +63,7 @@ def _poly_case(terms, causal, normalize, padded, shape) -> dict:
         mask[-1, -6:] = True
     kw = dict(terms=terms, causal=causal, normalize=normalize, key_padding_mask=mask)
     out = tpoly.polynomial_attention(q, k, v, **kw)
-    ref = ops.polynomial_attention(q, k, v, **kw)
+    ref = _pytorch(ops.polynomial_attention, q, k, v, **kw)
     w = torch.randn(ref.shape, generator=g)
     got = torch.autograd.grad((out * w).sum(), (q, k, v))
     want = torch.autograd.grad((ref * w).sum(), (q, k, v))
@@ -84,7 +93,7 @@ def _chunk_case(normalize, init, padded, shape) -> dict:
         mask[:, -5:] = True
     kw = dict(normalize=normalize, key_padding_mask=mask, initial_state=state, output_final_state=True)
     out, (S, z) = tchunk.chunk_linear_attention(q, k, v, chunk_size=C, **kw)
-    ref, (S_ref, z_ref) = ops.linear_attention(q, k, v, mode="parallel", **kw)
+    ref, (S_ref, z_ref) = _pytorch(ops.linear_attention, q, k, v, mode="parallel", **kw)
     # gradients through the output and both parts of the final state
     w = [torch.randn(x.shape, generator=g) for x in (ref, S_ref, z_ref)]
     got = torch.autograd.grad(sum((a * b).sum() for a, b in zip((out, S, z), w)), inputs)
@@ -113,13 +122,43 @@ def _other_cases() -> dict:
     q2, k2 = (torch.rand(2, 9, 2, 4, generator=g) for _ in range(2))
     v2 = torch.randn(2, 9, 2, 3, generator=g)
     bidir = {"o": _rel(tchunk.chunk_linear_attention(q2, k2, v2, causal=False)[0],
-                       ops.linear_attention(q2, k2, v2, causal=False, mode="parallel")[0])}  # fmt: skip
+                       _pytorch(ops.linear_attention, q2, k2, v2, causal=False, mode="parallel")[0])}  # fmt: skip
     try:
         tpoly.polynomial_attention(q2, k2, v2, terms={5: 1.0})
         refused = "no error"
     except ValueError as e:
         refused = str(e)
-    return {"split_resume": split, "bidirectional_linear": bidir, "refused": refused}
+    return {"split_resume": split, "bidirectional_linear": bidir, "refused": refused, "dispatch": _dispatch()}
+
+
+def _dispatch() -> dict:
+    """Which calls of the public ops reach the Triton kernels (counted by wrapping them)."""
+    import torch
+
+    from kernelized import ops
+    from kernelized.ops.triton import chunk as tchunk
+    from kernelized.ops.triton import polynomial as tpoly
+
+    calls = []
+    real_chunk, real_poly = tchunk.chunk_linear_attention, tpoly.polynomial_attention
+    tchunk.chunk_linear_attention = lambda *a, **k: calls.append("chunk") or real_chunk(*a, **k)
+    tpoly.polynomial_attention = lambda *a, **k: calls.append("poly") or real_poly(*a, **k)
+    q, k, v = (torch.rand(1, 20, 1, 4) for _ in range(3))
+    seen = {}
+    for name, call in {
+        "linear chunk": lambda: ops.linear_attention(q, k, v, mode="chunk"),
+        "linear parallel": lambda: ops.linear_attention(q, k, v, mode="parallel"),
+        "linear recurrent": lambda: ops.linear_attention(q, k, v, mode="recurrent"),
+        "linear chunk float64": lambda: ops.linear_attention(q.double(), k.double(), v.double(), mode="chunk"),
+        "linear chunk disabled": lambda: _pytorch(ops.linear_attention, q, k, v, mode="chunk"),
+        "polynomial": lambda: ops.polynomial_attention(q, k, v, terms={2: 1.0}),
+        "polynomial degree 6": lambda: ops.polynomial_attention(q, k, v, terms={6: 1.0}),
+    }.items():
+        calls.clear()
+        call()
+        seen[name] = list(calls)
+    tchunk.chunk_linear_attention, tpoly.polynomial_attention = real_chunk, real_poly
+    return seen
 
 
 def _worker() -> dict:
@@ -162,6 +201,20 @@ def test_bidirectional_linear_matches_parallel_reference(results):
 
 def test_polynomial_kernel_refuses_unsupported_terms(results):
     assert "terms" in results["refused"]
+
+
+def test_ops_dispatch_to_triton_only_where_it_applies(results):
+    # chunk form and implicit polynomial go to Triton; the parallel reference, the recurrent form, float64,
+    # degrees above 4 and KERNELIZED_DISABLE_TRITON=1 stay on PyTorch
+    assert results["dispatch"] == {
+        "linear chunk": ["chunk"],
+        "linear parallel": [],
+        "linear recurrent": [],
+        "linear chunk float64": [],
+        "linear chunk disabled": [],
+        "polynomial": ["poly"],
+        "polynomial degree 6": [],
+    }
 
 
 if __name__ == "__main__":

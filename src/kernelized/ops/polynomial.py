@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from kernelized.ops import triton as _triton
 from kernelized.ops._validate import check_padding_mask, check_qkv
 
 
@@ -46,6 +47,11 @@ def polynomial_attention(
     if not terms or any(not isinstance(p, int) or p < 0 for p in terms):
         raise ValueError(f"terms must map non-negative integer powers to coefficients, got {terms!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if _triton.usable(q, k, v) and _triton.supports_polynomial(terms, q.shape[-1], v.shape[-1]):  # GPU kernel
+        return _triton.polynomial_attention(
+            q, k, v, terms=terms, scale=scale, causal=causal, normalize=normalize, eps=eps,
+            key_padding_mask=key_padding_mask,
+        )  # fmt: skip
 
     out_dtype = v.dtype
     acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kernelized._checks import check_choice, check_positive_int
+from kernelized.ops import triton as _triton
 from kernelized.ops._validate import check_padding_mask, check_qkv
 from kernelized.ops.linear.chunk import chunk_linear_attention
 from kernelized.ops.linear.naive import parallel_linear_attention
@@ -59,6 +60,12 @@ def linear_attention(
     if initial_state is not None:
         initial_state = check_state(initial_state, B, H, F, Dv)
         initial_state = tuple(x.to(accumulation_dtype(q_feat, k_feat, v)) for x in initial_state)
+
+    if mode == "chunk" and causal and _triton.usable(q_feat, k_feat, v):  # GPU kernel, same contract
+        return _triton.linear_attention(
+            q_feat, k_feat, v, causal=True, normalize=normalize, eps=eps, chunk_size=chunk_size,
+            key_padding_mask=key_padding_mask, initial_state=initial_state, output_final_state=output_final_state,
+        )  # fmt: skip
 
     out_dtype = v.dtype
     acc = accumulation_dtype(q_feat, k_feat, v)

@@ -22,13 +22,33 @@ def available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+DISABLE_ENV = "KERNELIZED_DISABLE_TRITON"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 256
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the Triton path applies to these inputs: Triton installed and the tensors on CUDA (or the
-    interpreter switched on, which is how the CPU tests reach the kernels)."""
-    if not available():
+    """Whether the ops should take the Triton path for these inputs: Triton installed, not switched off with
+    ``KERNELIZED_DISABLE_TRITON=1``, one supported dtype (fp32, fp16, bf16), and the tensors on CUDA (or the
+    interpreter switched on with ``TRITON_INTERPRET=1``, which is how the CPU tests reach the kernels)."""
+    if _flag(DISABLE_ENV) or not available():
         return False
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return all(t.is_cuda or interpret for t in tensors)
+    if len({t.dtype for t in tensors}) != 1 or tensors[0].dtype not in DTYPES:
+        return False
+    return all(t.is_cuda or _flag("TRITON_INTERPRET") for t in tensors)
+
+
+def supports_polynomial(terms: dict, head_dim: int, head_dim_v: int) -> bool:
+    """The polynomial kernel's limits: integer powers 0..4, head sizes up to 256."""
+    return (
+        bool(terms)
+        and all(isinstance(p, int) and 0 <= p <= 4 for p in terms)
+        and max(head_dim, head_dim_v) <= MAX_HEAD_DIM
+    )
 
 
 def polynomial_attention(
@@ -80,4 +100,4 @@ def linear_attention(
     )  # fmt: skip
 
 
-__all__ = ["available", "usable", "polynomial_attention", "linear_attention"]
+__all__ = ["available", "usable", "supports_polynomial", "polynomial_attention", "linear_attention"]
