@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -239,3 +240,41 @@ def test_markdown_tables(tmp_path):
     assert table[0]["mean ± 95% CI"] == f"92.00 ± {mean_ci([0.90, 0.92, 0.94]).half_width * 100:.2f}"
     written = write_markdown_table(tmp_path / "r.md", table, ["kernel", "mean ± 95% CI"], title="Toy", note="Note.")
     assert (tmp_path / "r.md").read_text() == written and written.startswith("# Toy\n\nNote.\n\n| kernel |")
+
+
+def trainer_run(config: dict, run_dir: Path) -> dict:
+    """A real run function: the Trainer on a tiny next-token task ((x + 1) mod 8), as experiments write them."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from kernelized.train import TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(100)
+    tokens = torch.randint(0, 8, (64, 6), generator=g)
+    data = TensorDataset(tokens, (tokens + 1) % 8)
+    torch.manual_seed(config["seed"])
+    model = nn.Sequential(nn.Embedding(8, 8), nn.Linear(8, 8))
+    cfg = TrainConfig.from_dict({**config["train"], "seed": config["seed"], "progress": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is fastest; restored for the tests that follow
+    try:
+        return Trainer(model, cfg, data, data, run_dir=run_dir).fit()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sweep_of_real_trainings_reduces_to_best_over_epochs(tmp_path):
+    preset = {"train": {"epochs": 3, "batch_size": 16, "lr": 0.0}, "seed": 0, "grid": {}}
+    preset["grid"] = {"train.lr": [1e-3, 3e-2], "seed": [0, 1]}
+    records = run_sweep(expand_grid(preset), trainer_run, tmp_path, progress=False)
+    (row,) = reduce_runs(records, cell_keys=[], metric="best.accuracy", lr_key="train.lr", seed_key="seed")
+    best_over_epochs = {}  # straight from each run's metrics.jsonl
+    for rec in records:
+        lines = [json.loads(x) for x in (Path(rec["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        accuracies = [x["accuracy"] for x in lines if x["event"] == "eval"]
+        assert len(accuracies) == 3  # one evaluation per epoch
+        best_over_epochs.setdefault(rec["config"]["train"]["lr"], []).append(max(accuracies))
+    means = {lr: sum(v) / len(v) for lr, v in best_over_epochs.items()}
+    assert row["lr"] == max(means, key=means.get) == 3e-2  # the larger lr learns this task in 3 epochs
+    assert row["values"] == best_over_epochs[3e-2] and row["mean"] == pytest.approx(means[3e-2])
