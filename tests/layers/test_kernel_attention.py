@@ -149,3 +149,14 @@ def test_parameter_gradients_agree_at_other_lengths(kernel, T):
     for mode in ("chunk", "recurrent"):
         for n, g in grads["parallel"].items():
             assert_close(f"{mode} d{n}", g, grads[mode][n], ratio=1e-9)
+
+
+def test_attention_weights_do_not_redraw_random_features():
+    layer = layers.KernelAttention(16, num_heads=2, feature_dim=8, kernel="performer").train()
+    x = torch.randn(1, 6, 16)
+    layer(x)  # a training forward draws
+    before = [b.clone() for b in layer.feature_map.buffers()]
+    W1, W2 = layer.attention_weights(x), layer.attention_weights(x)
+    torch.testing.assert_close(W1, W2)
+    for b0, b1 in zip(before, layer.feature_map.buffers()):
+        torch.testing.assert_close(b0, b1)

@@ -133,9 +133,10 @@ class KernelAttention(nn.Module):
         """The normalised weights this layer applies, ``[B, H, T, T]``: ``A_ts / (sum_s A_ts + eps)``.
 
         Rows sum to 1 up to the eps of the normaliser (``o = W v`` exactly, before the output projection).
+        Random feature maps keep their current draw (the one the last forward used).
         """
         B, T = _check_x(x, self.d_model)
-        self.feature_map.on_forward(continuing=False)
+        # an analysis reads the current draw of a random map; it must not advance the draw policy
         q, k, _ = self._qkv(x)
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         A = torch.einsum("bthf,bshf->bhts", self.feature_map.query(q).to(acc), self.feature_map.key(k).to(acc))
