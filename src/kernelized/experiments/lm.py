@@ -257,15 +257,16 @@ def write_report(rows: list[dict], out: Path, preset: dict) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(rows), 3.2))
+    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(rows), 3.4))
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [r["ar_hit_ppl"] for r in rows], width=0.4, label="AR hits")
-    ax.bar([x + 0.2 for x in xs], [r["other_ppl"] for r in rows], width=0.4, label="other tokens")
+    for shift, key, label in ((-0.2, "ar_hit_ppl", "AR hits"), (0.2, "other_ppl", "other tokens")):
+        bars = ax.bar([x + shift for x in xs], [r[key] for r in rows], width=0.4, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(list(xs), [r["kernel"] if r["kernel"] != "-" else r["run"] for r in rows])
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(f"lm/{preset['name']}")
+    ax.set_ylabel("validation perplexity")
+    ax.set_ylim(0, 1.3 * max(max(r["ar_hit_ppl"], r["other_ppl"]) for r in rows))
+    ax.legend(loc="upper center", ncols=2, fontsize=8)
+    ax.set_title(f"lm/{preset['name']}: AR hits vs other tokens")
     fig.tight_layout()
     fig.savefig(out / "ar_hit.png", dpi=120)
     plt.close(fig)
