@@ -75,6 +75,21 @@ def test_overrides_are_parsed_by_yaml_and_may_pin_or_replace_grid_axes(preset_di
     assert cfg["model"]["kernel_options"] == {"anything": True} and cfg["grid"]["data.vocab_size"] == [8, 16]
 
 
+def test_grid_axes_need_no_fixed_field_without_defaults(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train: {lr: 1e-3}\ngrid: {kernel: [a, b], seed: [0, 1]}\n")
+    assert [r.run_id for r in expand_grid(load_preset("toy", str(path)))] == [
+        "kernel=a_seed=0",
+        "kernel=a_seed=1",
+        "kernel=b_seed=0",
+        "kernel=b_seed=1",
+    ]
+    pinned = load_preset("toy", str(path), ["kernel=b"])
+    assert pinned["kernel"] == "b" and list(pinned["grid"]) == ["seed"]
+    with pytest.raises(ValueError, match="unknown key 'kernal'"):
+        load_preset("toy", str(path), ["kernal=b"])
+
+
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
@@ -103,6 +118,9 @@ def test_bad_presets_name_the_file_and_key(preset_dir, tmp_path):
         load_preset("toy", str(bad), defaults=DEFAULTS)
     bad.write_text("grid: {model.width: [1, 2]}\nmodel: {d_model: 3}\n")
     with pytest.raises(ValueError, match=r"grid key 'model.width'"):
+        load_preset("toy", str(bad), defaults=DEFAULTS)
+    with pytest.raises(ValueError, match=r"grid.model.width .* non-empty list"):
+        bad.write_text("grid: {model.width: 3}\n")
         load_preset("toy", str(bad))
     with pytest.raises(ValueError, match=r"unknown toy preset 'large'; available: \['small'\]"):
         load_preset("toy", "large")

@@ -201,17 +201,15 @@ def _merge(defaults: Mapping, preset: Mapping, source: str, prefix: str = "") ->
     return out
 
 
-def _check_grid(config: dict, source: str) -> None:
-    grid = config.get("grid", {})
-    if grid is None:
-        config["grid"] = grid = {}
+def _check_grid(config: dict, source: str, schema: Mapping | None) -> None:
+    grid = config["grid"]
     if not isinstance(grid, dict):
         raise ValueError(f"'grid' in {source} must map keys to lists of values, got {grid!r}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"grid.{key} in {source} must be a non-empty list, got {values!r}")
-        if not has_key({k: v for k, v in config.items() if k != "grid"}, key):
-            raise ValueError(f"grid key {key!r} in {source} is not a field of the preset")
+        if schema is not None and not has_key(schema, key):
+            raise ValueError(f"grid key {key!r} in {source} is not a field of the defaults")
 
 
 def load_preset(
@@ -229,9 +227,10 @@ def load_preset(
         overrides: ``["key=value", ...]`` (dotted keys; values parsed as YAML, ``3e-3`` a float) or a mapping.
             ``key=value`` for a key that is a grid axis pins it (the axis is removed from the grid);
             ``grid.key=[...]`` replaces (or adds) an axis.
-        defaults: the experiment's full default config. When given, every key of the preset must exist in
-            it (recursively; an empty mapping in the defaults accepts any keys) and the result is the
-            defaults updated by the preset. Without defaults, keys are checked against the preset itself.
+        defaults: the experiment's full default config. When given, every key of the preset, of its grid
+            and of the overrides must exist in it (recursively; an empty mapping in the defaults accepts
+            any keys) and the result is the defaults updated by the preset. Without defaults, grid keys
+            are free and override keys must be fields or grid axes of the preset itself.
 
     Returns the merged config (a plain dict, with a ``grid`` mapping, possibly empty).
     Raises ValueError naming the file and key for a missing or malformed file, an unknown key, a bad grid.
@@ -241,22 +240,27 @@ def load_preset(
     source = str(path)
     grid = preset.pop("grid", None)
     config = _merge(defaults, preset, source) if defaults is not None else copy.deepcopy(preset)
+    schema = copy.deepcopy(config) if defaults is not None else None  # the fields a key may name
     config["grid"] = copy.deepcopy(grid) if grid is not None else {}
-    _check_grid(config, source)
+    _check_grid(config, source, schema)
+
+    def known(key: str) -> bool:
+        fixed = {k: v for k, v in config.items() if k != "grid"}
+        return has_key(schema if schema is not None else fixed, key) or key in config["grid"]
+
     for key, value in parse_overrides(overrides).items():
         where = f"--set {key}= (preset {source})"
         if key.startswith("grid."):
             axis = key[len("grid.") :]
             if not isinstance(value, list) or not value:
                 raise ValueError(f"{where}: a grid axis needs a non-empty list, got {value!r}")
-            if not has_key({k: v for k, v in config.items() if k != "grid"}, axis):
+            if not known(axis):
                 raise ValueError(f"unknown key {axis!r} in {where}")
             config["grid"][axis] = value
             continue
-        if key in config["grid"]:
-            del config["grid"][key]  # pin a grid axis to one value
-        elif not has_key(config, key) or key == "grid":
+        if key == "grid" or not known(key):
             raise ValueError(f"unknown key {key!r} in {where}; top-level keys are {sorted(config)}")
+        config["grid"].pop(key, None)  # a grid axis set to one value is pinned
         set_key(config, key, value)
     return config
 
