@@ -41,3 +41,28 @@ def test_bad_input():
         apply_rotary(torch.randn(1, 2, 1, 3), torch.arange(2))
     with pytest.raises(ValueError, match="positions"):
         apply_rotary(torch.randn(1, 2, 1, 4), torch.arange(3))
+
+
+def test_softmax_attention_with_rotary():
+    from kernelized.layers import SoftmaxAttention
+
+    torch.manual_seed(3)
+    layer = SoftmaxAttention(16, num_heads=2, rotary=True)
+    x = torch.randn(2, 9, 16)
+    q, k, v = (p(x).view(2, 9, 2, 8) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    pos = torch.arange(9)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        apply_rotary(q, pos).transpose(1, 2), apply_rotary(k, pos).transpose(1, 2), v.transpose(1, 2), is_causal=True
+    ).transpose(1, 2)
+    full = layer(x)
+    torch.testing.assert_close(full, layer.o_proj(o.reshape(2, 9, 16)), rtol=1e-5, atol=1e-5)
+    plain = SoftmaxAttention(16, num_heads=2)
+    plain.load_state_dict(layer.state_dict())
+    assert not torch.allclose(plain(x), full)  # same weights without rotary: a different function
+    # decoding through the KV cache rotates each new token by its absolute position
+    y, state = layer(x[:, :4], output_state=True)
+    steps = [y]
+    for t in range(4, 9):
+        y, state = layer(x[:, t : t + 1], state=state, output_state=True)
+        steps.append(y)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
