@@ -89,7 +89,9 @@ def bootstrap_ci(
     return CI(point, low, high, (high - low) / 2, x.size)
 
 
-def sign_flip_pvalue(diffs: Sequence[float], max_exact: int = 16, num_resamples: int = 100_000, seed: int = 0):
+def sign_flip_pvalue(
+    diffs: Sequence[float], max_exact: int = 16, num_resamples: int = 100_000, seed: int = 0
+) -> tuple[float, bool]:
     """Two-sided sign-flip permutation test of ``mean(diffs) == 0``; returns ``(p, exact)``.
 
     Under the null each paired difference is as likely to be +d as -d, so the p-value is the fraction of
