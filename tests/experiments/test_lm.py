@@ -128,3 +128,31 @@ def test_presets_build_and_count_parameters(capsys):
         assert all(b["mlp"] == "swiglu" for b in cfg.blocks)
     hybrid = {b["mixer"]["mixer"] for b in lm.model_config(lm.load_preset("hybrid"), 257).blocks}
     assert hybrid == {"baseconv", "kernel", "sliding_window"}
+
+
+def test_bpe_tokenizer_and_hub_corpus_end_to_end(tmp_path):
+    """A `tokenizers` BPE saved here and a local jsonl folder read through the datasets (hub) loader."""
+    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("datasets")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    rng = torch.Generator().manual_seed(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "to", "a", "log"]
+    stories = [" ".join(words[i] for i in torch.randint(0, 10, (40,), generator=rng).tolist()) for _ in range(60)]
+    data = tmp_path / "stories"
+    data.mkdir()
+    (data / "train.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in stories[:50]))
+    (data / "validation.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in stories[50:]))
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(stories, trainers.BpeTrainer(vocab_size=40, special_tokens=["<unk>", "</s>"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    preset = write_preset(tmp_path, corpus__source=f"hf:{data}", model__max_len=32)
+    sets = ["--set", f"tokenizer={tmp_path / 'tokenizer.json'}", "--set", "seq_len=16", "--set", "generate.prompt=the"]
+    assert lm.main(["--preset", preset, "--out", str(tmp_path / "run"), "--no-progress", *sets]) == 0
+    row = json.loads((tmp_path / "run" / "model" / "eval.json").read_text())
+    cfg = yaml.safe_load((tmp_path / "run" / "model" / "config.yaml").read_text())
+    assert cfg["model"]["vocab_size"] == tok.get_vocab_size()
+    assert row["ppl"] < tok.get_vocab_size()  # better than uniform over the BPE vocabulary
+    sample = (tmp_path / "run" / "model" / "sample.txt").read_text()
+    assert sample.startswith("the") and set(sample) <= set("".join(words) + " ")  # decoded BPE pieces
