@@ -97,6 +97,11 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
     ea = json.loads((tmp_path / "straight" / "model" / "eval.json").read_text())
     eb = json.loads((tmp_path / "killed" / "model" / "eval.json").read_text())
     assert ea["ppl"] == eb["ppl"] and ea["ar_hit_ppl"] == eb["ar_hit_ppl"]
+    # killed after training, before its evaluation was written: the weights come back from the checkpoint
+    (tmp_path / "killed" / "model" / "eval.json").unlink()
+    assert lm.main(argv + ["--out", str(tmp_path / "killed")]) == 0
+    again = json.loads((tmp_path / "killed" / "model" / "eval.json").read_text())
+    assert again["ppl"] == ea["ppl"] and again["decode_max_abs_diff"] == ea["decode_max_abs_diff"]
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):

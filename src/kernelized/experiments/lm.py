@@ -159,11 +159,11 @@ def run_one(preset: dict, run_dir: Path, kernel: str | None, data: dict, device:
     model = LanguageModel(cfg)
     trainer = Trainer(model, train_cfg, train_ds, val_ds, run_dir=run_dir, eval_fn=lm_eval_fn)
     summary = trainer.fit()
+    result_path = run_dir / "eval.json"
+    if result_path.exists():  # evaluated earlier too: nothing left to do
+        return json.loads(result_path.read_text())
     if trainer.optimizer is None:  # finished earlier: fit() returned its summary without loading weights
         model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    result_path = run_dir / "eval.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     metrics = perplexities(trainer.evaluate())  # every process takes part (sums are reduced)
     if not rank0:
         return {}
