@@ -28,7 +28,7 @@ def _state_fwd_kernel(
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     T, H, F, DV, NT,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
-    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     pid_f, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // H, pid_bh % H
@@ -47,7 +47,7 @@ def _state_fwd_kernel(
         rows = n * BC + tl.arange(0, BC)
         bk = _tile(k + b * stride_kb + h * stride_kh, rows, offs_f, stride_kt, T, F)  # [BC, BF]
         bv = _tile(v + b * stride_vb + h * stride_vh, rows, offs_v, stride_vt, T, DV)  # [BC, BV]
-        state += tl.dot(tl.trans(bk), bv, input_precision="ieee" if bk.dtype == tl.float32 else None)
+        state += tl.dot(tl.trans(bk), bv, input_precision=PREC)
         zstate += tl.sum(bk.to(tl.float32), axis=0)
     if STORE_FINAL:
         tl.store(sT + pid_bh * F * DV + fv, state, mask=fv_mask)
@@ -60,7 +60,7 @@ def _out_fwd_kernel(
     q, k, v, hs, zs, o, den,
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
     T, H, F, DV, NT, eps,
-    NORMALIZE: tl.constexpr, BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    NORMALIZE: tl.constexpr, BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     # q and k share strides; o has v's.
     n, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -75,15 +75,14 @@ def _out_fwd_kernel(
         bq = _tile(q + b * stride_qb + h * stride_qh, rows, offs_f, stride_qt, T, F)
         bk = _tile(k + b * stride_qb + h * stride_qh, rows, offs_f, stride_qt, T, F)
         bh = _tile(hs + (pid_bh * NT + n) * F * DV, offs_f, offs_v, DV, F, DV)  # [BF, BV]
-        prec: tl.constexpr = "ieee" if bq.dtype == tl.float32 else None
-        acc += tl.dot(bq, bh.to(bq.dtype), input_precision=prec)
-        att += tl.dot(bq, tl.trans(bk), input_precision=prec)
+        acc += tl.dot(bq, bh.to(bq.dtype), input_precision=PREC)
+        att += tl.dot(bq, tl.trans(bk), input_precision=PREC)
         if NORMALIZE:
             bz = tl.load(zs + (pid_bh * NT + n) * F + offs_f, mask=offs_f < F, other=0.0)
             d += tl.sum(bq.to(tl.float32) * bz[None, :], axis=1)
     att = tl.where(rows[:, None] >= rows[None, :], att, 0.0)
     bv = _tile(v + b * stride_vb + h * stride_vh, rows, offs_v, stride_vt, T, DV)
-    acc += tl.dot(att.to(bv.dtype), bv, input_precision="ieee" if bv.dtype == tl.float32 else None)
+    acc += tl.dot(att.to(bv.dtype), bv, input_precision=PREC)
     if NORMALIZE:
         d += tl.sum(att, axis=1)
         acc = acc / (d[:, None] + eps)
@@ -99,7 +98,7 @@ def _state_bwd_kernel(
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
     T, H, F, DV, NT,
     NORMALIZE: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr,
-    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     # dn: gradient of the numerator, fp32 in v's layout; dd: of the normaliser, fp32 [B*H, T].
     pid_f, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -120,7 +119,7 @@ def _state_bwd_kernel(
         rows = n * BC + tl.arange(0, BC)
         bq = _tile(q + b * stride_qb + h * stride_qh, rows, offs_f, stride_qt, T, F).to(tl.float32)
         bdn = _tile(dn + b * stride_vb + h * stride_vh, rows, offs_v, stride_vt, T, DV)
-        g += tl.dot(tl.trans(bq), bdn, input_precision="ieee")
+        g += tl.dot(tl.trans(bq), bdn, input_precision=PREC)
         if NORMALIZE:
             bdd = tl.load(dd + pid_bh * T + rows, mask=rows < T, other=0.0)
             gz += tl.sum(bq * bdd[:, None], axis=0)
@@ -134,7 +133,7 @@ def _dqk_bwd_kernel(
     q, k, v, dn, dd, hs, zs, dhs, dzs, dq, dk,
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
     T, H, F, DV, NT,
-    NORMALIZE: tl.constexpr, BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    NORMALIZE: tl.constexpr, BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     n, pid_f, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // H, pid_bh % H
@@ -151,9 +150,9 @@ def _dqk_bwd_kernel(
         bv = _tile(v + b * stride_vb + h * stride_vh, rows, offs_v, stride_vt, T, DV).to(tl.float32)
         bh = _tile(hs + (pid_bh * NT + n) * F * DV, offs_f, offs_v, DV, F, DV)  # [BF, BV]
         bdh = _tile(dhs + (pid_bh * NT + n) * F * DV, offs_f, offs_v, DV, F, DV)
-        p += tl.dot(bdn, tl.trans(bv), input_precision="ieee")
-        acc_q += tl.dot(bdn, tl.trans(bh), input_precision="ieee")
-        acc_k += tl.dot(bv, tl.trans(bdh), input_precision="ieee")
+        p += tl.dot(bdn, tl.trans(bv), input_precision=PREC)
+        acc_q += tl.dot(bdn, tl.trans(bh), input_precision=PREC)
+        acc_k += tl.dot(bv, tl.trans(bdh), input_precision=PREC)
     # the normaliser state z_n = sum of earlier keys: its gradient (later chunks and the final state) reaches dk
     bdz = tl.load(dzs + (pid_bh * NT + n) * F + offs_f, mask=offs_f < F, other=0.0)
     acc_k += bdz[None, :]
@@ -163,8 +162,8 @@ def _dqk_bwd_kernel(
         p += bdd[:, None]
         acc_q += bdd[:, None] * bz[None, :]
     p = tl.where(rows[:, None] >= rows[None, :], p, 0.0)
-    acc_q += tl.dot(p, bk, input_precision="ieee")
-    acc_k += tl.dot(tl.trans(p), bq, input_precision="ieee")
+    acc_q += tl.dot(p, bk, input_precision=PREC)
+    acc_k += tl.dot(tl.trans(p), bq, input_precision=PREC)
     out_mask = (rows[:, None] < T) & (offs_f[None, :] < F)
     out = b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_f[None, :]
     tl.store(dq + out, acc_q.to(dq.dtype.element_ty), mask=out_mask)
@@ -176,7 +175,7 @@ def _dv_bwd_kernel(
     q, k, dn, dhs, dv,
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
     T, H, F, DV, NT,
-    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     n, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // H, pid_bh % H
@@ -189,13 +188,19 @@ def _dv_bwd_kernel(
         bq = _tile(q + b * stride_qb + h * stride_qh, rows, offs_f, stride_qt, T, F).to(tl.float32)
         bk = _tile(k + b * stride_qb + h * stride_qh, rows, offs_f, stride_qt, T, F).to(tl.float32)
         bdh = _tile(dhs + (pid_bh * NT + n) * F * DV, offs_f, offs_v, DV, F, DV)
-        att += tl.dot(bq, tl.trans(bk), input_precision="ieee")
-        acc += tl.dot(bk, bdh, input_precision="ieee")
+        att += tl.dot(bq, tl.trans(bk), input_precision=PREC)
+        acc += tl.dot(bk, bdh, input_precision=PREC)
     att = tl.where(rows[:, None] >= rows[None, :], att, 0.0)
     bdn = _tile(dn + b * stride_vb + h * stride_vh, rows, offs_v, stride_vt, T, DV)
-    acc += tl.dot(tl.trans(att), bdn, input_precision="ieee")
+    acc += tl.dot(tl.trans(att), bdn, input_precision=PREC)
     out = dv + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_v[None, :]
     tl.store(out, acc.to(dv.dtype.element_ty), mask=(rows[:, None] < T) & (offs_v[None, :] < DV))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 dots (matches the PyTorch path); half inputs: their own dots are on tensor cores,
+    # and the fp32 ones (states, gradients) may use tf32
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _blocks(F: int, DV: int, chunk_size: int) -> tuple[int, int, int]:
@@ -213,6 +218,7 @@ class _ChunkLinearAttention(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         BC, BF, BV = _blocks(F, DV, chunk_size)
         NT = triton.cdiv(T, BC)
+        prec = _precision(q.dtype)
         f32 = dict(device=q.device, dtype=torch.float32)
         hs, zs = torch.empty(B * H, NT, F, DV, **f32), torch.empty(B * H, NT, F, **f32)
         sT, zT = torch.empty(B, H, F, DV, **f32), torch.empty(B, H, F, **f32)
@@ -223,13 +229,13 @@ class _ChunkLinearAttention(torch.autograd.Function):
         vs = (v.stride(0), v.stride(1), v.stride(2))
         _state_fwd_kernel[(triton.cdiv(F, BF), triton.cdiv(DV, BV), B * H)](
             k, v, s0c, z0c, hs, zs, sT, zT, *qs, *vs, T, H, F, DV, NT,
-            HAS_INIT=has_init, STORE_FINAL=True, BC=BC, BF=BF, BV=BV,
+            HAS_INIT=has_init, STORE_FINAL=True, BC=BC, BF=BF, BV=BV, PREC=prec,
         )  # fmt: skip
         o = torch.empty_like(v)
         den = torch.empty(B * H, T, **f32)
         _out_fwd_kernel[(NT, triton.cdiv(DV, BV), B * H)](
             q, k, v, hs, zs, o, den, *qs, *vs, T, H, F, DV, NT, eps,
-            NORMALIZE=normalize, BC=BC, BF=BF, BV=BV,
+            NORMALIZE=normalize, BC=BC, BF=BF, BV=BV, PREC=prec,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, den, hs, zs)
         ctx.meta = (normalize, eps, BC, BF, BV, NT, has_init)
@@ -239,6 +245,7 @@ class _ChunkLinearAttention(torch.autograd.Function):
     def backward(ctx, do, dsT, dzT):
         q, k, v, o, den, hs, zs = ctx.saved_tensors
         normalize, eps, BC, BF, BV, NT, has_init = ctx.meta
+        prec = _precision(q.dtype)
         B, T, H, F = q.shape
         DV = v.shape[-1]
         do = do.float()
@@ -258,15 +265,15 @@ class _ChunkLinearAttention(torch.autograd.Function):
         vs = (v.stride(0), v.stride(1), v.stride(2))
         _state_bwd_kernel[(triton.cdiv(F, BF), triton.cdiv(DV, BV), B * H)](
             q, dn, dd, dsT, dzT, dhs, dzs, ds0, dz0, *qs, *vs, T, H, F, DV, NT,
-            NORMALIZE=normalize, HAS_FINAL_GRAD=has_final, BC=BC, BF=BF, BV=BV,
+            NORMALIZE=normalize, HAS_FINAL_GRAD=has_final, BC=BC, BF=BF, BV=BV, PREC=prec,
         )  # fmt: skip
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         _dqk_bwd_kernel[(NT, triton.cdiv(F, BF), B * H)](
             q, k, v, dn, dd, hs, zs, dhs, dzs, dq, dk, *qs, *vs, T, H, F, DV, NT,
-            NORMALIZE=normalize, BC=BC, BF=BF, BV=BV,
+            NORMALIZE=normalize, BC=BC, BF=BF, BV=BV, PREC=prec,
         )  # fmt: skip
         _dv_bwd_kernel[(NT, triton.cdiv(DV, BV), B * H)](
-            q, k, dn, dhs, dv, *qs, *vs, T, H, F, DV, NT, BC=BC, BF=BF, BV=BV
+            q, k, dn, dhs, dv, *qs, *vs, T, H, F, DV, NT, BC=BC, BF=BF, BV=BV, PREC=prec
         )
         if not has_init:
             ds0 = dz0 = None
