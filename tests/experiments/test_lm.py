@@ -161,3 +161,34 @@ def test_bpe_tokenizer_and_hub_corpus_end_to_end(tmp_path):
     assert row["ppl"] < tok.get_vocab_size()  # better than uniform over the BPE vocabulary
     sample = (tmp_path / "run" / "model" / "sample.txt").read_text()
     assert sample.startswith("the") and set(sample) <= set("".join(words) + " ")  # decoded BPE pieces
+
+
+def test_seeds_give_confidence_intervals_and_paired_comparisons(tmp_path):
+    preset = write_preset(tmp_path)
+    out = tmp_path / "runs"
+    argv = ["--preset", preset, "--kernels", "rebased,taylor", "--seeds", "0,1", "--out", str(out), "--no-progress"]
+    assert lm.main(argv + ["--set", "train.max_steps=2", "--set", "train.eval_every=2"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["kernel"], r["seed"]) for r in rows] == [
+        ("rebased", "0"),
+        ("rebased", "1"),
+        ("taylor", "0"),
+        ("taylor", "1"),
+    ]
+    assert rows[0]["ppl"] != rows[1]["ppl"]  # another seed: another initialisation and data order
+    report = (out / "report.md").read_text()
+    assert "mean ± 95% CI over seeds" in report and "| taylor - rebased | ar_hit_ppl | 2 |" in report
+    a = lm.aggregate([{k: float(v) if k in lm.METRICS else v for k, v in r.items()} for r in rows])
+    mean = (float(rows[0]["ppl"]) + float(rows[1]["ppl"])) / 2
+    assert a[0]["kernel"] == "rebased" and abs(a[0]["ppl"].mean - mean) < 1e-9 and a[0]["ppl"].n == 2
+    assert "--seeds must be" in _err(["--preset", preset, "--seeds", "a,b", "--out", str(out)])
+
+
+def _err(argv):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert lm.main(argv) == 2
+    return buf.getvalue()

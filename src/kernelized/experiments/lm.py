@@ -34,6 +34,8 @@ from kernelized import kernels
 from kernelized.data.corpora import CorpusConfig, TokenWindows, load_corpus
 from kernelized.data.tokenizers import load_tokenizer
 from kernelized.eval.perplexity import lm_eval_fn, perplexities
+from kernelized.eval.stats import mean_ci, paired_comparison
+from kernelized.experiments.common import load_yaml_text
 from kernelized.models import LanguageModel, ModelConfig
 from kernelized.models.generation import generate, incremental_logits
 from kernelized.train import TrainConfig, Trainer, distributed, load_checkpoint, save_atomic, write_json_atomic
@@ -55,7 +57,7 @@ def load_preset(name_or_path: str, overrides: list[str] = ()) -> dict:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(f"preset must be one of {available_presets()} or a yaml file, got {name_or_path!r}")
-    preset = yaml.safe_load(path.read_text()) or {}
+    preset = load_yaml_text(path.read_text()) or {}
     preset.setdefault("name", path.stem)
     for item in overrides:
         if "=" not in item:
@@ -67,7 +69,7 @@ def load_preset(name_or_path: str, overrides: list[str] = ()) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section of the preset")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml_text(value)
     return preset
 
 
@@ -144,11 +146,18 @@ def load_tokens(preset: dict, tok, out: Path) -> tuple[torch.Tensor, torch.Tenso
 
 
 # -- one run -----------------------------------------------------------------------------------
-def run_one(preset: dict, run_dir: Path, kernel: str | None, data: dict, device: str, progress: bool) -> dict:
-    """Train (or resume), evaluate, generate; returns the row of the comparison table."""
+def run_one(
+    preset: dict, run_dir: Path, kernel: str | None, data: dict, device: str, progress: bool, seed: int | None = None
+) -> dict:
+    """Train (or resume), evaluate, generate; returns the row of the comparison table.
+
+    ``seed`` (default: the preset's ``train.seed``) sets the initialisation and the data order."""
     tok, train_ds, val_ds = data["tokenizer"], data["train"], data["val"]
     cfg = model_config(preset, tok.vocab_size, kernel)
-    train_cfg = TrainConfig.from_dict({**preset.get("train", {}), "device": device, "progress": progress})
+    train = {**preset.get("train", {}), "device": device, "progress": progress}
+    if seed is not None:
+        train["seed"] = seed
+    train_cfg = TrainConfig.from_dict(train)
     rank0 = distributed.get_rank() == 0
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +186,7 @@ def run_one(preset: dict, run_dir: Path, kernel: str | None, data: dict, device:
     row = {
         "run": run_dir.name,
         "kernel": kernel or "-",
+        "seed": train_cfg.seed,
         "params": model.num_parameters(),
         "ppl": metrics["ppl"],
         "ar_hit_ppl": metrics["ar_hit_ppl"],
@@ -218,9 +228,10 @@ def _sample(model, tok, gen: dict, device, seed: int) -> str:
 
 
 # -- reports -----------------------------------------------------------------------------------
-COLUMNS = ["run", "kernel", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "train_loss"]
-COLUMNS += ["steps", "train_time_s", "tokens_per_s", "decode_state_numbers", "decode_state_growth_per_token"]
-COLUMNS += ["decode_max_abs_diff"]
+COLUMNS = ["run", "kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy"]
+COLUMNS += ["train_loss", "steps", "train_time_s", "tokens_per_s", "decode_state_numbers"]
+COLUMNS += ["decode_state_growth_per_token", "decode_max_abs_diff"]
+METRICS = ["ppl", "ar_hit_ppl", "other_ppl"]
 
 
 def _fmt(v) -> str:
@@ -229,14 +240,29 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _table(header: list[str], body: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in body]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per kernel: mean and 95% CI over seeds of each perplexity (:func:`kernelized.eval.stats.mean_ci`)."""
+    kernels_ = list(dict.fromkeys(r["kernel"] for r in rows))
+    out = []
+    for k in kernels_:
+        mine = sorted((r for r in rows if r["kernel"] == k), key=lambda r: r.get("seed") or 0)
+        cis = {m: mean_ci([r[m] for r in mine]) for m in METRICS}
+        out.append({"kernel": k, "seeds": [r.get("seed") for r in mine], **cis})
+    return out
+
+
 def write_report(rows: list[dict], out: Path, preset: dict) -> None:
-    """results.csv, report.md and ar_hit.png (perplexity on AR hits vs other tokens per run) in ``out``."""
+    """results.csv (one line per run), report.md (per-kernel means with 95% CIs when there are several seeds,
+    paired comparisons with the first kernel, every run) and ar_hit.png in ``out``."""
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shown = ["kernel", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
-    shown += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
     lines = [
         f"# LM preset `{preset['name']}`",
         "",
@@ -245,11 +271,38 @@ def write_report(rows: list[dict], out: Path, preset: dict) -> None:
         "bigram seen earlier in the same window (Zoology), other = the rest. "
         "decode_max_abs_diff: max |logits| difference between prefill+recurrent decoding and the full forward.",
         "",
-        "| " + " | ".join(shown) + " |",
-        "|" + "---|" * len(shown),
     ]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    groups = aggregate(rows)
+    if any(len(g["seeds"]) > 1 for g in groups):
+        lines += ["## Per kernel: mean ± 95% CI over seeds", ""]
+        body = [[g["kernel"], len(g["seeds"])] + [g[m].format(3) for m in METRICS] for g in groups]
+        lines += _table(["kernel", "seeds"] + METRICS, body) + [""]
+        base = groups[0]
+        paired = []
+        for g in groups[1:]:
+            common = sorted(set(g["seeds"]) & set(base["seeds"]))
+            if len(common) < 2:
+                continue
+            for m in METRICS:
+                a = [r[m] for s in common for r in rows if r["kernel"] == g["kernel"] and r.get("seed") == s]
+                b = [r[m] for s in common for r in rows if r["kernel"] == base["kernel"] and r.get("seed") == s]
+                c = paired_comparison(a, b)
+                ci = f"[{c['t_ci_low']:.3f}, {c['t_ci_high']:.3f}]"
+                paired.append([f"{g['kernel']} - {base['kernel']}", m, len(common), c["mean_diff"], ci, c["p_ttest"]])
+                paired[-1].append(f"{c['p_permutation']:.3g} (min {c['min_p']:.3g})")
+        if paired:
+            lines += ["## Paired differences (same seeds)", ""]
+            header = ["comparison", "metric", "n", "mean diff", "95% CI (t)", "p (t-test)", "p (sign flip)"]
+            lines += _table(header, paired) + [""]
+        lines += ["## Every run", ""]
+    shown = ["kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
+    shown += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
+    lines += _table(shown, [[r.get(c) for c in shown] for r in rows])
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    _figure(groups, out, preset)
+
+
+def _figure(groups: list[dict], out: Path, preset: dict) -> None:
     try:
         import matplotlib
 
@@ -257,16 +310,19 @@ def write_report(rows: list[dict], out: Path, preset: dict) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(rows), 3.4))
-    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(groups), 3.4))
+    xs = range(len(groups))
     for shift, key, label in ((-0.2, "ar_hit_ppl", "AR hits"), (0.2, "other_ppl", "other tokens")):
-        bars = ax.bar([x + shift for x in xs], [r[key] for r in rows], width=0.4, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(list(xs), [r["kernel"] if r["kernel"] != "-" else r["run"] for r in rows])
+        means = [g[key].mean for g in groups]
+        errs = [0.0 if math.isnan(g[key].half_width) else g[key].half_width for g in groups]
+        bars = ax.bar([x + shift for x in xs], means, width=0.4, yerr=errs, capsize=3, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xticks(list(xs), [g["kernel"] for g in groups])
     ax.set_ylabel("validation perplexity")
-    ax.set_ylim(0, 1.3 * max(max(r["ar_hit_ppl"], r["other_ppl"]) for r in rows))
+    ax.set_ylim(0, 1.3 * max(max(g["ar_hit_ppl"].mean, g["other_ppl"].mean) for g in groups))
     ax.legend(loc="upper center", ncols=2, fontsize=8)
-    ax.set_title(f"lm/{preset['name']}: AR hits vs other tokens")
+    n = max(len(g["seeds"]) for g in groups)
+    ax.set_title(f"lm/{preset['name']}: AR hits vs other tokens" + (f" (mean, 95% CI, {n} seeds)" if n > 1 else ""))
     fig.tight_layout()
     fig.savefig(out / "ar_hit.png", dpi=120)
     plt.close(fig)
@@ -278,11 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help=f"one of {available_presets()} or a yaml path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
     p.add_argument("--kernels", default=None, help="comma-separated kernels to compare (softmax = softmax attention)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default: train.seed)")
     p.add_argument("--out", default=None, help="output folder (default runs/lm/<preset>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--count-params", action="store_true", help="build the model(s), print the parameter count, stop")
     return p
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = load_preset(args.preset, args.set)
         names = args.kernels.split(",") if args.kernels else preset.get("kernels") or [None]
         kernel_list = check_kernels([n for n in names if n]) if names != [None] else [None]
+        seeds = _parse_seeds(args.seeds) if args.seeds else preset.get("seeds") or [None]
         if args.count_params:  # the preset's vocab_size stands in for a tokenizer that needs the network
             vocab = preset.get("vocab_size") or load_tokenizer(preset.get("tokenizer", "byte")).vocab_size
             for kernel in kernel_list:
@@ -313,18 +378,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for kernel in kernel_list:
-        run_dir = out / (kernel or "model")
-        row = run_one(preset, run_dir, kernel, data, args.device, progress=not args.no_progress)
-        rows.append(row)
-        if row and distributed.get_rank() == 0:
-            print(
-                f"[lm] {run_dir.name}: ppl {row['ppl']:.3f}  AR-hit ppl {row['ar_hit_ppl']:.3f}  "
-                f"other ppl {row['other_ppl']:.3f}  ({row['params']:,} params)"
-            )
+        for seed in seeds:
+            name = kernel or "model"
+            run_dir = out / (name if seed is None else f"{name}-seed{seed}")
+            row = run_one(preset, run_dir, kernel, data, args.device, progress=not args.no_progress, seed=seed)
+            rows.append(row)
+            if row and distributed.get_rank() == 0:
+                print(
+                    f"[lm] {run_dir.name}: ppl {row['ppl']:.3f}  AR-hit ppl {row['ar_hit_ppl']:.3f}  "
+                    f"other ppl {row['other_ppl']:.3f}  ({row['params']:,} params)"
+                )
     if distributed.get_rank() == 0:
         write_report(rows, out, preset)
         print(f"[lm] wrote {out / 'report.md'}")
-        sample = (out / (kernel_list[0] or "model") / "sample.txt").read_text()
-        print(f"[lm] sample ({kernel_list[0] or 'model'}):\n{sample[:500]}")
+        first = rows[0]["run"]
+        print(f"[lm] sample ({first}):\n{(out / first / 'sample.txt').read_text()[:500]}")
     distributed.barrier()
     return 0
