@@ -8,8 +8,8 @@ A preset (``configs/lra/<name>.yaml``) is fixed fields plus a grid over ``task``
 ``per_task`` and ``per_kernel`` sections are merged into a run's config when its task / kernel matches, so one
 preset can hold settings for several tasks (data sizes, lengths, widths) and kernels (feature counts).
 ``--task``, ``--kernel`` and ``--seeds`` narrow the grid without changing run ids, so a run has one folder
-whichever command reaches it:
-``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>/{config.yaml, train/{metrics.jsonl, checkpoint.pt}, summary.json}``
+whichever command reaches it: ``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>/`` holds ``config.yaml``,
+``train/{metrics.jsonl, checkpoint.pt, summary.json}`` (the Trainer's) and ``result.json`` (with the test accuracy),
 plus ``results.csv``, ``report.md`` and ``figure.png`` in ``runs/lra/<preset>/``. Killed runs resume from their
 checkpoint with the same command; finished ones are not run again.
 

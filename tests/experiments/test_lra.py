@@ -1,0 +1,148 @@
+"""`kernelized lra`: sweeps over kernels x seeds with CIs, stable run dirs, exact resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from kernelized.experiments import lra as exp
+from kernelized.train import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_preset(tmp_path, name: str = "tiny", **extra) -> dict:
+    preset = {
+        "threads": 1,
+        "data": {"cache_dir": str(tmp_path / "data")},
+        "model": {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_hidden": 32, "head_hidden": 16},
+        "train": {"batch_size": 8, "max_steps": 4, "lr": 3e-3, "eval_every": 2, "progress": False, "device": "cpu"},
+        "per_task": {
+            "listops": {
+                "data": {
+                    "generate": {"num_examples": 60, "max_depth": 3, "max_args": 3, "min_length": 3, "max_length": 20}
+                }
+            },
+            "pathfinder": {
+                "data": {"generate": {"num_examples": 30, "preset": "pf16"}},
+                "model": {"pooling": "mean"},
+            },
+        },
+        "per_kernel": {"gmm-prf": {"kernel_options": {"num_features": 8}}},
+        "grid": {"task": ["listops"], "kernel": ["softmax", "elu"], "seed": [0, 1]},
+    }
+    for key, value in extra.items():
+        preset[key] = {**preset[key], **value} if key == "data" else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def test_all_writes_table_with_cis_figure_and_stable_run_dirs(tmp_path, capsys):
+    preset = tiny_preset(tmp_path)
+    out = tmp_path / "out"
+    # one cell first: its folder is the one the full sweep uses, so the sweep does not train it again
+    assert (
+        exp.main(["--task", "listops", "--kernel", "elu", "--seeds", "0", "--preset", str(preset), "--out", str(out)])
+        == 0
+    )
+    first = out / "task=listops_kernel=elu_seed=0"
+    stamp = (first / "train" / "metrics.jsonl").read_text()
+    printed = capsys.readouterr().out
+    assert "| listops | elu |" in printed and "steps/s" in printed and "peak MB" in printed
+
+    assert exp.main(["--all", "--preset", str(preset), "--out", str(out), "--no-progress"]) == 0
+    assert (first / "train" / "metrics.jsonl").read_text() == stamp
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert dirs == [f"task=listops_kernel={k}_seed={s}" for k in ("elu", "softmax") for s in (0, 1)]
+    rows = json.loads((out / "table.json").read_text())
+    assert {(r["task"], r["kernel"], r["n"]) for r in rows} == {("listops", "elu", 2), ("listops", "softmax", 2)}
+    for row in rows:
+        accs = [
+            json.loads((out / f"task=listops_kernel={row['kernel']}_seed={s}" / "result.json").read_text())["test"][
+                "accuracy"
+            ]
+            for s in (0, 1)
+        ]
+        assert row["mean"] == pytest.approx(sum(accs) / 2)
+        assert row["low"] <= row["mean"] <= row["high"]
+        assert row["steps/s"] > 0 and row["peak MB"] > 0
+    report = (out / "report.md").read_text()
+    assert "±" in report and "published" in report and "36.37" in report
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_run_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+    preset = exp.load_preset("lra", str(tiny_preset(tmp_path)), defaults=exp.DEFAULTS)
+    config = copy.deepcopy(exp.expand_grid(preset)[2])  # elu, seed 0
+    config.config["train"].update(max_steps=6, checkpoint_every=2)
+    clean = exp.run_one(copy.deepcopy(config.config), tmp_path / "clean")
+
+    real_after_step = Trainer._after_step
+
+    def killed_at_step_3(self):
+        real_after_step(self)
+        if self.step == 3:
+            raise KeyboardInterrupt  # a kill after the step-2 checkpoint
+
+    monkeypatch.setattr(Trainer, "_after_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        exp.run_one(copy.deepcopy(config.config), tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "_after_step", real_after_step)
+    resumed = exp.run_one(copy.deepcopy(config.config), tmp_path / "killed")
+    assert resumed["steps"] == clean["steps"] == 6
+    assert resumed["test"] == clean["test"]
+    a = torch.load(tmp_path / "clean" / "train" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "train" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pathfinder_and_retrieval_runs(tmp_path):
+    preset = exp.load_preset("lra", str(tiny_preset(tmp_path)), defaults=exp.DEFAULTS)
+    base = exp.expand_grid(preset)[0].config
+    pf = copy.deepcopy(base) | {"task": "pathfinder", "kernel": "gmm-prf"}
+    summary = exp.run_one(pf, tmp_path / "pf")
+    assert summary["max_len"] == 256 and 0.0 <= summary["test"]["accuracy"] <= 1.0
+    assert (tmp_path / "data").is_dir()  # generated once into the cache
+    # retrieval from local AAN files: the two-tower model and (x1, x2, labels) batches
+    aan = tmp_path / "aan"
+    aan.mkdir()
+    for split in ("train", "eval", "test"):
+        rows = [f"{i % 2}\ta{i}\tb{i}\tdoc {'x' * i}\tother {'y' * (i % 3)}\n" for i in range(12)]
+        (aan / f"new_aan_pairs.{split}.tsv").write_text("".join(rows))
+    ret = copy.deepcopy(base) | {"task": "retrieval", "kernel": "elu"}
+    ret["data"] = {**ret["data"], "path": str(aan), "max_len": 24}
+    summary = exp.run_one(ret, tmp_path / "ret")
+    assert summary["num_train"] == 12 and summary["max_len"] == 24
+
+
+def test_bad_input(tmp_path):
+    preset = tiny_preset(tmp_path)
+    with pytest.raises(ValueError, match="task must be one of .*got 'lisops'"):
+        exp.main(["--task", "lisops", "--preset", str(preset)])
+    with pytest.raises(ValueError, match="kernel must be one of .*got 'gauss'"):
+        exp.main(["--task", "listops", "--kernel", "gauss", "--preset", str(preset)])
+    with pytest.raises(ValueError, match="unknown key 'model.width'"):
+        exp.main(["--all", "--preset", str(preset), "--set", "model.width=3"])
+    with pytest.raises(ValueError, match="per_task.listops has unknown field"):
+        exp.main(["--all", "--preset", str(tiny_preset(tmp_path, "bad", per_task={"listops": {"modle": {}}}))])
+    missing = tiny_preset(tmp_path, "missing", data={"path": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        exp.main(["--all", "--preset", str(missing), "--out", str(tmp_path / "o")])
+    # sequences longer than the model allows: a clear error naming the file, before any training
+    short = exp.load_preset("lra", str(preset), ["data.max_len=4"], defaults=exp.DEFAULTS)
+    with pytest.raises(ValueError, match=r"basic_train.tsv: example \d+ has \d+ tokens, more than max_len=4"):
+        exp.run_one(exp.expand_grid(short)[0].config, tmp_path / "short")
