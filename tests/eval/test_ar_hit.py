@@ -113,3 +113,43 @@ def test_perplexity_slices():
     )
     assert math.isclose(recall["ar_hit_ppl"], 1.0, rel_tol=1e-6) and recall["other_ppl"] > 1e3
     assert recall["ar_hit_tokens"] == 3  # the second 2, 3, 1 complete seen bigrams; (1, 5) is new
+
+
+def test_bigram_counts_match_brute_force():
+    from collections import Counter
+
+    from kernelized.eval.ar_hit import BigramCounts
+
+    g = torch.Generator().manual_seed(5)
+    stream = torch.randint(0, 7, (300,), generator=g)
+    counter = Counter(zip(stream[:-1].tolist(), stream[1:].tolist()))
+    counts = BigramCounts(stream, vocab_size=9)  # ids 7, 8 never occur
+    tokens = torch.randint(0, 9, (3, 20), generator=g)
+    got = counts(tokens)
+    expected = [[0] + [counter[(r[t - 1], r[t])] for t in range(1, 20)] for r in tokens.tolist()]
+    assert got.tolist() == expected and (got[tokens == 8] == 0).all()
+
+
+def test_frequency_buckets_partition_the_ar_hits():
+    from kernelized.eval.ar_hit import BigramCounts
+    from kernelized.eval.perplexity import FREQUENCY_BUCKETS, bucket_name, lm_eval_fn, perplexities
+
+    g = torch.Generator().manual_seed(6)
+    train = torch.randint(0, 5, (5000,), generator=g)  # each bigram of 0..4 ~200 times
+    train[:40] = 5  # bigram (5, 5) is frequent; (5, x) and (x, 5) are rare
+    r = int(train[40])  # (5, r) occurs once in training
+    # hits: (5, 5) at t=2 (39 in training), (5, r) at t=12 (1), (0, 1) at t=7 (~200), (2, 5) at t=11 (never)
+    stream = torch.tensor([[5, 5, 5, r, 0, 1, 0, 1, 2, 5, 2, 5, r]])
+    x, y = stream[:, :-1], stream[:, 1:]
+    out = lm_eval_fn(Uniform(6), (x, y), bigrams=BigramCounts(train, 6))
+    names = [bucket_name(lo, hi) for lo, hi in FREQUENCY_BUCKETS]
+    assert names == ["train0", "train1-9", "train10-99", "train100+"]
+    assert sum(int(out[f"ar_hit_loss_{n}"][1]) for n in names) == int(out["ar_hit_loss"][1])
+    total = sum(float(out[f"ar_hit_loss_{n}"][0]) for n in names)
+    assert abs(total - float(out["ar_hit_loss"][0])) < 1e-3
+    counts = {n: int(out[f"ar_hit_loss_{n}"][1]) for n in names}
+    assert all(c > 0 for c in counts.values()), counts
+    metrics = perplexities({k: float(s) / float(c) for k, (s, c) in out.items()})
+    for n in names:  # a uniform model has perplexity 6 on every slice
+        assert abs(metrics[f"ar_hit_ppl_{n}"] - 6.0) < 1e-4
+    assert abs(sum(metrics[f"ar_hit_share_{n}"] for n in names) - metrics["ar_hit_fraction"]) < 1e-9

@@ -65,6 +65,11 @@ def test_compare_mode_writes_table_sample_and_exact_decoding(tmp_path, capsys):
     assert sample.startswith("def ")
     cfg = yaml.safe_load((out / "softmax" / "config.yaml").read_text())
     assert {b["mixer"]["mixer"] for b in cfg["model"]["blocks"]} == {"baseconv", "softmax"}
+    # AR hits split by the bigram's count in the training tokens: the shares add up to all AR hits
+    ev = json.loads((out / "rebased" / "eval.json").read_text())
+    shares = [ev[f"ar_hit_share_{b}"] for b in lm.BUCKETS]
+    assert abs(sum(shares) - ev["ar_hit_fraction"]) < 1e-9 and all(ev[f"ar_hit_ppl_{b}"] > 1 for b in lm.BUCKETS)
+    assert "AR hits by the bigram's count in the training tokens" in (out / "report.md").read_text()
     # better than the untrained model (uniform over 257 bytes: perplexity 257)
     assert json.loads((out / "rebased" / "eval.json").read_text())["ppl"] < 0.8 * 257
     # a finished run is not redone: same numbers, no new training

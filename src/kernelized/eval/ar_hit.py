@@ -63,3 +63,34 @@ def ar_hit_mask(tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) 
     hits = torch.zeros_like(repeat).scatter(1, order, repeat)
     mask[:, 1:] = hits
     return mask[0] if squeeze else mask
+
+
+class BigramCounts:
+    """How often each bigram occurs in a token stream (the training data), for Zoology's split of AR hits by
+    the bigram's training-set frequency (rare bigrams are what separate architectures).
+
+    ``BigramCounts(stream [N], vocab_size)(tokens [B, T]) -> counts [B, T]`` (int64): ``counts[b, t]`` is the
+    number of times the bigram ``(tokens[b, t-1], tokens[b, t])`` occurs in the stream; 0 at t = 0. Aligned
+    with :func:`ar_hit_mask` (target positions).
+    """
+
+    def __init__(self, stream: torch.Tensor, vocab_size: int):
+        if stream.dim() != 1 or stream.is_floating_point():
+            raise ValueError(f"stream must be a 1-d integer tensor [N], got {stream.dtype} {tuple(stream.shape)}")
+        self.vocab_size = int(vocab_size)
+        stream = stream.long()
+        self.ids, self.counts = torch.unique(stream[:-1] * self.vocab_size + stream[1:], return_counts=True)
+        self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long()
+        out = torch.zeros_like(tokens)
+        if tokens.shape[-1] < 2 or self.ids.numel() == 0:
+            return out
+        if tokens.device not in self._by_device:  # one copy of the table per device, made once
+            self._by_device[tokens.device] = (self.ids.to(tokens.device), self.counts.to(tokens.device))
+        ids, counts = self._by_device[tokens.device]
+        query = tokens[..., :-1] * self.vocab_size + tokens[..., 1:]
+        pos = torch.searchsorted(ids, query).clamp_max(ids.numel() - 1)
+        out[..., 1:] = torch.where(ids[pos] == query, counts[pos], 0)
+        return out

@@ -12,10 +12,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelized.eval.ar_hit import ar_hit_mask
+from kernelized.eval.ar_hit import BigramCounts, ar_hit_mask
+
+#: AR hits split by how often their bigram occurs in the training stream: [lo, hi) count ranges.
+FREQUENCY_BUCKETS = ((0, 1), (1, 10), (10, 100), (100, None))
 
 
-def lm_eval_fn(model: nn.Module, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def bucket_name(lo: int, hi: int | None) -> str:
+    """``train0``, ``train1-9``, ``train10-99``, ``train100+``."""
+    if hi is None:
+        return f"train{lo}+"
+    return f"train{lo}" if hi == lo + 1 else f"train{lo}-{hi - 1}"
+
+
+def make_lm_eval_fn(bigrams: BigramCounts | None = None, buckets=FREQUENCY_BUCKETS):
+    """:func:`lm_eval_fn`, plus, given the training stream's bigram counts, the AR-hit loss per frequency bucket
+    (``ar_hit_loss_train0``, ``ar_hit_loss_train1-9``, ...) and each bucket's share of the targets
+    (``ar_hit_share_train0``, ...)."""
+
+    def eval_fn(model: nn.Module, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return lm_eval_fn(model, batch, bigrams=bigrams, buckets=buckets)
+
+    return eval_fn
+
+
+def lm_eval_fn(
+    model: nn.Module, batch, bigrams: BigramCounts | None = None, buckets=FREQUENCY_BUCKETS
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Trainer eval_fn for ``(x [B, T], y [B, T])`` batches with ``y`` the next tokens of ``x``.
 
     Returns ``{name: (sum, count)}``: ``loss`` (mean next-token NLL, nats), ``ar_hit_loss`` and ``other_loss``
@@ -34,35 +57,50 @@ def lm_eval_fn(model: nn.Module, batch) -> dict[str, tuple[torch.Tensor, torch.T
     hit = ar_hit_mask(stream, padding_mask=torch.cat([torch.zeros_like(valid[:, :1]), ~valid], 1))[:, 1:] & valid
     other = valid & ~hit
     correct = (logits.argmax(-1) == y) & valid
-    return {
+    out = {
         "loss": (nll[valid].sum(), valid.sum()),
         "ar_hit_loss": (nll[hit].sum(), hit.sum()),
         "other_loss": (nll[other].sum(), other.sum()),
         "ar_hit_fraction": (hit.sum(), valid.sum()),
         "accuracy": (correct.sum(), valid.sum()),
     }
+    if bigrams is not None:
+        seen = bigrams(stream)[:, 1:]  # training-set count of each target's bigram
+        for lo, hi in buckets:
+            sel = hit & (seen >= lo) & (seen < hi if hi is not None else True)
+            name = bucket_name(lo, hi)
+            out[f"ar_hit_loss_{name}"] = (nll[sel].sum(), sel.sum())
+            out[f"ar_hit_share_{name}"] = (sel.sum(), valid.sum())
+    return out
 
 
 def perplexities(metrics: dict[str, float]) -> dict[str, float]:
-    """Add ``ppl``, ``ar_hit_ppl`` and ``other_ppl`` (exp of the mean NLLs) to aggregated eval metrics."""
+    """Add ``ppl``, ``ar_hit_ppl``, ``other_ppl`` (and ``ar_hit_ppl_<bucket>``): exp of the mean NLLs."""
     out = dict(metrics)
-    for loss, ppl in (("loss", "ppl"), ("ar_hit_loss", "ar_hit_ppl"), ("other_loss", "other_ppl")):
-        if loss in metrics:
-            value = metrics[loss]
+    for loss, value in metrics.items():
+        if loss == "loss" or (loss.endswith("_loss") or "_loss_" in loss) and loss != "train_loss":
+            ppl = "ppl" if loss == "loss" else loss.replace("loss", "ppl")
             out[ppl] = math.exp(value) if math.isfinite(value) and value < 700 else float("inf")
     return out
 
 
 @torch.no_grad()
-def evaluate_perplexity(model: nn.Module, data, batch_size: int = 16, device: str | torch.device = "cpu") -> dict:
-    """Perplexity metrics of ``model`` over a dataset of ``(x, y)`` windows (e.g. ``TokenWindows``), one process."""
+def evaluate_perplexity(
+    model: nn.Module,
+    data,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    bigrams: BigramCounts | None = None,
+) -> dict:
+    """Perplexity metrics of ``model`` over a dataset of ``(x, y)`` windows (e.g. ``TokenWindows``), one process;
+    with ``bigrams`` (the training stream's counts) also the AR-hit perplexity per frequency bucket."""
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
         batch = tuple(torch.stack(parts).to(device) for parts in zip(*items))
-        for name, (s, c) in lm_eval_fn(model, batch).items():
+        for name, (s, c) in lm_eval_fn(model, batch, bigrams=bigrams).items():
             acc = sums.setdefault(name, [0.0, 0.0])
             acc[0] += float(s)
             acc[1] += float(c)

@@ -33,7 +33,8 @@ import yaml
 from kernelized import kernels
 from kernelized.data.corpora import CorpusConfig, TokenWindows, load_corpus
 from kernelized.data.tokenizers import load_tokenizer
-from kernelized.eval.perplexity import lm_eval_fn, perplexities
+from kernelized.eval.ar_hit import BigramCounts
+from kernelized.eval.perplexity import FREQUENCY_BUCKETS, bucket_name, make_lm_eval_fn, perplexities
 from kernelized.eval.stats import mean_ci, paired_comparison
 from kernelized.experiments.common import load_yaml_text
 from kernelized.models import LanguageModel, ModelConfig
@@ -166,7 +167,8 @@ def run_one(
         )
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(cfg)
-    trainer = Trainer(model, train_cfg, train_ds, val_ds, run_dir=run_dir, eval_fn=lm_eval_fn)
+    eval_fn = make_lm_eval_fn(data.get("bigrams"))
+    trainer = Trainer(model, train_cfg, train_ds, val_ds, run_dir=run_dir, eval_fn=eval_fn)
     summary = trainer.fit()
     result_path = run_dir / "eval.json"
     if result_path.exists():  # evaluated earlier too: nothing left to do
@@ -203,6 +205,10 @@ def run_one(
         "decode_max_abs_diff": float((step_logits - full).abs().max()),
         "eval_tokens": len(val_ds) * val_ds.seq_len,
     }
+    for name in BUCKETS:  # AR hits by how often their bigram occurs in the training tokens
+        for key in (f"ar_hit_ppl_{name}", f"ar_hit_share_{name}"):
+            if key in metrics:
+                row[key] = metrics[key]
     (run_dir / "sample.txt").write_text(sample)
     write_json_atomic(row, result_path)
     return row
@@ -232,6 +238,8 @@ COLUMNS = ["run", "kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", 
 COLUMNS += ["train_loss", "steps", "train_time_s", "tokens_per_s", "decode_state_numbers"]
 COLUMNS += ["decode_state_growth_per_token", "decode_max_abs_diff"]
 METRICS = ["ppl", "ar_hit_ppl", "other_ppl"]
+BUCKETS = [bucket_name(lo, hi) for lo, hi in FREQUENCY_BUCKETS]
+COLUMNS += [f"ar_hit_{kind}_{name}" for name in BUCKETS for kind in ("ppl", "share")]
 
 
 def _fmt(v) -> str:
@@ -298,6 +306,21 @@ def write_report(rows: list[dict], out: Path, preset: dict) -> None:
     shown = ["kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
     shown += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
     lines += _table(shown, [[r.get(c) for c in shown] for r in rows])
+    if any(f"ar_hit_ppl_{BUCKETS[0]}" in r for r in rows):
+        lines += [
+            "",
+            "## AR hits by the bigram's count in the training tokens",
+            "",
+            "Perplexity (share of all validation targets) of AR hits whose bigram occurs that many times in the "
+            "training tokens; Zoology: rare bigrams separate the architectures.",
+            "",
+        ]
+        cells = [
+            [r["kernel"], r.get("seed")]
+            + [f"{r.get(f'ar_hit_ppl_{b}', float('nan')):.3f} ({r.get(f'ar_hit_share_{b}', 0):.3f})" for b in BUCKETS]
+            for r in rows
+        ]
+        lines += _table(["kernel", "seed"] + [f"seen {b.removeprefix('train')}x" for b in BUCKETS], cells)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _figure(groups, out, preset)
 
@@ -373,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_len = int(preset["seq_len"])
         train, val = load_tokens(preset, tok, out)
         data = {"tokenizer": tok, "train": TokenWindows(train, seq_len), "val": TokenWindows(val, seq_len)}
+        data["bigrams"] = BigramCounts(train, tok.vocab_size)  # for AR hits split by training frequency
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
