@@ -2,16 +2,21 @@
 
     kernelized lm --preset tiny                              # CPU, minutes, offline (stdlib corpus)
     kernelized lm --preset tiny --kernels rebased,taylor,softmax   # one run per kernel + comparison table
+    kernelized lm --preset tiny --kernels rebased,taylor --seeds 0,1,2   # + mean ± 95% CI, paired tests
     kernelized lm --preset rebased-150m --count-params       # build the model, print its size, stop
     torchrun --nproc_per_node 2 -m kernelized lm --preset tiny     # data parallel (gloo on CPU)
 
 A preset (``configs/lm/<name>.yaml`` or a path) holds ``tokenizer``, ``seq_len``, ``corpus`` (see
 :class:`kernelized.data.corpora.CorpusConfig`), ``model`` (``d_model``, ``n_layers``, a ``pattern`` of mixer
 specs repeated over the layers, ``mlp``, ``positions``, ...), ``train`` (a :class:`TrainConfig`), ``generate``
-and optionally ``kernels``. ``--set train.max_steps=50`` overrides any field.
+and optionally ``kernels`` and ``seeds``. ``--set train.max_steps=50`` overrides any field.
 
-Files: ``<out>/<run>/{config.yaml, metrics.jsonl, checkpoint.pt, summary.json, eval.json, sample.txt}`` and, for
-several runs, ``<out>/{results.csv, report.md, ar_hit.png}``. Runs resume: a killed command started again
+Evaluation: perplexity on the validation windows, on AR-hit targets (their bigram occurred earlier in the same
+window) and on the others, plus AR hits split by how often their bigram occurs in the training tokens; a check
+that prefill + recurrent decoding reproduces the full forward; a generated sample.
+
+Files: ``<out>/<run>/{config.yaml, metrics.jsonl, checkpoint.pt, summary.json, eval.json, sample.txt}`` and
+``<out>/{results.csv, report.md, ar_hit.png, tokens-<hash>.pt}``. Runs resume: a killed command started again
 continues from the last checkpoint; finished runs are not redone.
 """
 
