@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import sys
 import time
+from pathlib import Path
 
 
 def _listops(args: argparse.Namespace) -> int:
@@ -68,18 +69,46 @@ def _parser() -> argparse.ArgumentParser:
     pf.set_defaults(run=_pathfinder)
 
     if importlib.util.find_spec("kernelized.data.mqar") is not None:
-        mq = sub.add_parser("mqar", help="multi-query associative recall (kernelized.data.mqar)", add_help=False)
-        mq.add_argument("rest", nargs=argparse.REMAINDER)
+        mq = sub.add_parser("mqar", help="multi-query associative recall (zoology rules) as train/test .npz")
+        mq.add_argument("--out", required=True, help="output folder")
+        mq.add_argument("--num-examples", type=int, default=100_000, help="training examples")
+        mq.add_argument("--num-test", type=int, default=3_000, help="test examples")
+        mq.add_argument("--seed", type=int, default=0)
+        mq.add_argument("--vocab-size", type=int, default=8192)
+        mq.add_argument("--seq-len", type=int, default=64)
+        mq.add_argument("--num-kv-pairs", type=int, default=8)
+        mq.add_argument("--power-a", type=float, default=0.01)
+        mq.add_argument("--random-non-queries", action="store_true")
         mq.set_defaults(run=_mqar)
     return p
 
 
 def _mqar(args: argparse.Namespace) -> int:
-    module = importlib.import_module("kernelized.data.mqar")
-    if not hasattr(module, "main"):
-        print("error: kernelized.data.mqar has no main(argv); write MQAR data from Python instead", file=sys.stderr)
-        return 2
-    return int(module.main(args.rest) or 0)
+    import json
+    import os
+
+    import numpy as np
+
+    from kernelized.data import mqar
+
+    task = mqar.MQARConfig(
+        vocab_size=args.vocab_size,
+        seq_len=args.seq_len,
+        num_kv_pairs=args.num_kv_pairs,
+        power_a=args.power_a,
+        random_non_queries=args.random_non_queries,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = dict(zip(("train", "test"), mqar.mqar_datasets(task, args.num_examples, args.num_test, args.seed)))
+    for name, ds in splits.items():
+        inputs, labels = ds.tensors
+        tmp = out / f"{name}.tmp.npz"
+        np.savez_compressed(tmp, inputs=inputs.numpy(), labels=labels.numpy())  # labels: -100 = unlabelled
+        os.replace(tmp, out / f"{name}.npz")
+        print(f"{name}: {out / f'{name}.npz'} ({len(inputs)} examples of {task.seq_len} tokens)")
+    (out / "config.json").write_text(json.dumps({**vars(task), "seed": args.seed}, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
