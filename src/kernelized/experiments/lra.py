@@ -286,12 +286,9 @@ def write_figure(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]
-    fig, axes = plt.subplots(
-        1,
-        len(tasks),
-        figsize=(1.0 + 0.45 * max(1, len(rows) // max(1, len(tasks))) * len(tasks) + 2, 4.2),
-        squeeze=False,
-    )
+    per_task = max(sum(r["task"] == t for r in rows) for t in tasks)
+    width = 1.5 + len(tasks) * (1.0 + 0.35 * per_task)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = [r for r in rows if r["task"] == task]
         names = [r["kernel"] for r in sub]
