@@ -117,3 +117,35 @@ def test_cli(tmp_path):
     images, labels = pathfinder.read_split(tmp_path, "train")
     assert images.shape == (16, 16, 16)
     assert (tmp_path / "preview.png").exists()
+
+
+def _lra_folder(root, images, labels):
+    """LRA's layout: imgs/<batch>/sample_<i>.png and metadata/<batch>.npy text lines."""
+    from PIL import Image
+
+    (root / "imgs" / "0").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    lines = []
+    for i, (im, lb) in enumerate(zip(images, labels)):
+        Image.fromarray(im).save(root / "imgs" / "0" / f"sample_{i}.png")
+        lines.append(f"imgs/0 sample_{i}.png {i} {lb} 32 0 1")
+    (root / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+
+
+def test_reads_lras_released_folders(tmp_path):
+    from kernelized.data import lra
+
+    images, labels = pathfinder.generate(20, seed=4, config=PathfinderConfig.preset("pf16"))
+    _lra_folder(tmp_path, images, labels)
+    got = [pathfinder.read_lra_folder(tmp_path, s) for s in ("train", "val", "test")]
+    assert [len(g[0]) for g in got] == [16, 2, 2]  # LRA's [:80%], [80%:90%], [90%:]
+    assert np.array_equal(np.concatenate([g[0] for g in got]), images)
+    assert np.array_equal(np.concatenate([g[1] for g in got]), labels)
+    tokens, lab = lra.load_task("pathfinder", "val", path=tmp_path).tensors
+    assert tokens.shape == (2, 256) and np.array_equal(tokens.numpy() - 2, images[16:18].reshape(2, -1))
+    (tmp_path / "imgs" / "0" / "sample_17.png").write_bytes(b"")  # S4 skips one such empty file in the release
+    with pytest.raises(ValueError, match="sample_17.png: unreadable Pathfinder image"):
+        pathfinder.read_lra_folder(tmp_path, "val")
+    (tmp_path / "metadata" / "1.npy").write_text("imgs/0 sample_0.png 0 maybe\n")
+    with pytest.raises(ValueError, match=r"1.npy:1: expected 'subpath filename idx label"):
+        pathfinder.read_lra_folder(tmp_path, "train")

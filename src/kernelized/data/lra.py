@@ -9,7 +9,7 @@ Token ids, shared by every task: 0 = padding, 1 = [CLS]; ListOps has its own 15 
 | text       | IMDB bytes: ``stanfordnlp/imdb`` or local csv/json/parquet | tokens [N, T], labels [N] (2)           |
 | retrieval  | AAN ``new_aan_pairs.{train,eval,test}.tsv``                | x1 [N, T], x2 [N, T], labels [N] (2)    |
 | image      | CIFAR-10 gray: ``uoft-cs/cifar10`` or local ``.npy``       | pixels [N, 1024], labels [N] (10)       |
-| pathfinder | generated ``{train,val,test}.npz`` (kernelized.data.pathfinder) | pixels [N, H*W], labels [N] (2)   |
+| pathfinder | generated ``{train,val,test}.npz``, or LRA's PNG folders  | pixels [N, H*W], labels [N] (2)         |
 
 Splits follow LRA: IMDB has no validation split, so "val" is its test split (LRA's input pipeline does the same);
 CIFAR-10 "train" is ``train[:45000]``, "val" ``train[45000:]``; AAN "val" is the ``eval`` file. Text is truncated
@@ -247,9 +247,16 @@ def load_image(split: str, path: str | os.PathLike | None = None) -> TensorDatas
 
 
 def load_pathfinder(split: str, path: str | os.PathLike) -> TensorDataset:
-    """Generated Pathfinder: ``(tokens [N, H * W], labels [N])`` from ``<path>/<split>.npz``."""
-    images, labels = pathfinder.read_split(path, split)
-    return TensorDataset(encode_pixels(images), _labels(labels, str(Path(path) / f"{split}.npz"), 2))
+    """Pathfinder: ``(tokens [N, H * W], labels [N])`` from ``<path>/<split>.npz`` (our generator's files) or from
+    a released LRA difficulty folder (``.../pathfinder32/curv_contour_length_14`` with ``metadata/`` and images)."""
+    path = Path(path)
+    if (path / "metadata").is_dir():
+        images, labels = pathfinder.read_lra_folder(path, split)
+        source = str(path)
+    else:
+        images, labels = pathfinder.read_split(path, split)
+        source = str(path / f"{split}.npz")
+    return TensorDataset(encode_pixels(images), _labels(labels, source, 2))
 
 
 def load_listops(split: str, max_len: int, path: str | os.PathLike) -> TensorDataset:

@@ -18,6 +18,7 @@ of images step by step with numpy, not a port. Our reading of its parameters (th
 The marker distance is bounded below in both classes so that it does not give the label away.
 
 Files: ``{train,val,test}.npz`` with ``images`` uint8 ``[N, H, W]`` and ``labels`` int64 ``[N]``, plus ``preview.png``.
+LRA's released folders (``pathfinder32/curv_contour_length_14/{imgs,metadata}``) are read by :func:`read_lra_folder`.
 """
 
 from __future__ import annotations
@@ -332,3 +333,48 @@ def read_split(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
     if labels.shape != (len(images),):
         raise ValueError(f"{path}: field 'labels' must have shape ({len(images)},), got {labels.shape}")
     return images, labels.astype(np.int64)
+
+
+def read_lra_folder(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a released Pathfinder difficulty folder (e.g. ``lra_release/pathfinder32/curv_baseline``).
+
+    Layout (PF ``snakes2.py``, S4's ``PathFinderDataset``): ``metadata/<batch>.npy`` are text files, one line per
+    image, ``subpath filename idx label ...``; the image is ``<folder>/<subpath>/<filename>`` (a gray PNG).
+    All images in metadata order are split 80/10/10 like LRA (``[:80%]``, ``[80%:90%]``, ``[90%:]``).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    folder = Path(folder)
+    meta_dir = folder / "metadata"
+    if not meta_dir.is_dir():
+        raise FileNotFoundError(f"Pathfinder folder {folder} has no metadata/ folder (LRA's layout)")
+    entries = []
+    for meta in sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem)):
+        for lineno, line in enumerate(meta.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4 or fields[3] not in ("0", "1"):
+                raise ValueError(
+                    f"{meta}:{lineno}: expected 'subpath filename idx label ...' with label 0/1, got {line!r}"
+                )
+            entries.append((folder / fields[0] / fields[1], int(fields[3])))
+    if not entries:
+        raise ValueError(f"{meta_dir}: no metadata lines")
+    n = len(entries)
+    bounds = {"train": (0, int(0.8 * n)), "val": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
+    a, b = bounds[split]
+    from PIL import Image
+
+    images, labels = [], []
+    for path, label in entries[a:b]:
+        try:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("L"), dtype=np.uint8))
+        except (OSError, ValueError) as e:  # missing, empty or corrupt PNG
+            raise ValueError(f"{path}: unreadable Pathfinder image ({type(e).__name__}: {e})") from None
+        labels.append(label)
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: images of different sizes {sorted(shapes)}")
+    return np.stack(images), np.array(labels, dtype=np.int64)
