@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from kernelized.eval.attention import attention_maps, draw_maps, gamma_beta_stats, map_iou, set_iou, top_mass_sets
+from kernelized.eval.attention import (
+    attention_maps,
+    best_head_iou,
+    draw_maps,
+    gamma_beta_stats,
+    map_iou,
+    set_iou,
+    top_mass_sets,
+)
 from kernelized.models import LanguageModel, ModelConfig
 
 
@@ -109,3 +117,13 @@ def test_gamma_beta_stats_read_the_rebased_parameters():
 def test_draw_maps_writes_a_png(tmp_path):
     path = draw_maps({"a": torch.eye(5), "b": torch.ones(5, 5) / 5}, tmp_path / "maps.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_head_finds_the_head_that_matches():
+    ref = _random_maps(B=2, H=1, T=6, seed=3)
+    uniform = torch.ones(6, 6).tril()
+    uniform = (uniform / uniform.sum(-1, keepdim=True)).expand(2, 6, 6)
+    heads = torch.stack([uniform, ref[:, 0], uniform], dim=1)  # head 1 is the reference itself
+    head, iou = best_head_iou(heads, ref)
+    assert head == 1 and iou == pytest.approx(1.0)
+    assert map_iou(heads, ref).mean().item() < 1.0  # the head mean blurs it

@@ -27,6 +27,7 @@ def test_one_run_against_softmax(sweep, tmp_path, capsys):
     assert analyze.main([str(run), "--reference", str(ref), "--examples", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "analysis.json").read_text())
     assert len(result["iou_by_layer"]) == 1 and 0.0 <= result["iou_by_layer"][0] <= 1.0
+    assert result["best_head_iou_by_layer"][0] >= 0.0
     assert {r["param"] for r in result["gamma_beta"]} == {"gamma_q", "gamma_k", "beta_q", "beta_k"}
     assert (tmp_path / "maps_kernel=rebased_seq_len=16_seed=0.png").read_bytes()[:4] == b"\x89PNG"
     # a model compared with itself overlaps completely

@@ -12,6 +12,8 @@ Transformer trained on the same MQAR task; its exact procedure is not published,
    positions that carry a label (in MQAR: the positions where a key is queried and its value must be
    recalled), then over examples.
 4. Layer ``i`` of one model is compared with layer ``i`` of the other (attention layers counted in order).
+5. Because the head mean blurs a retrieving head with heads that do other work, :func:`best_head_iou` also
+   reports the single head whose map overlaps most with the other model's head mean.
 
 A map compared with itself gives 1; maps whose top-mass sets never meet give 0.
 """
@@ -103,6 +105,21 @@ def map_iou(
     rows = torch.ones_like(iou, dtype=torch.bool) if query_mask is None else query_mask.to(iou.device).bool()
     rows = rows & ~iou.isnan()
     return (iou.nan_to_num(0.0) * rows).sum(-1) / rows.sum(-1).clamp_min(1)
+
+
+def best_head_iou(
+    a: torch.Tensor, b: torch.Tensor, mass: float = 0.9, query_mask: torch.Tensor | None = None
+) -> tuple[int, float]:
+    """The head of ``a [B, H, T, T]`` whose map overlaps most with ``b``'s head mean: ``(head, mean IoU)``.
+
+    Linear attention often spreads retrieval over a few heads while the others do something else; the head
+    mean then blurs the retrieving head, and this score shows whether any single head attends like ``b``.
+    """
+    check_float_tensor("a", a, ndim=4, shape_hint="[B, H, T, T]")
+    ref = b.mean(1) if b.dim() == 4 else b
+    scores = [map_iou(a[:, h], ref, mass, query_mask).mean().item() for h in range(a.shape[1])]
+    head = max(range(len(scores)), key=scores.__getitem__)
+    return head, scores[head]
 
 
 def gamma_beta_stats(model: nn.Module) -> list[dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kernelized.eval.attention import attention_maps, draw_maps, gamma_beta_stats, map_iou
+from kernelized.eval.attention import attention_maps, best_head_iou, draw_maps, gamma_beta_stats, map_iou
 from kernelized.eval.stats import mean_ci
 from kernelized.experiments import mqar
 from kernelized.experiments.common import markdown_table, read_yaml
@@ -57,11 +57,16 @@ def same_task(a: dict, b: dict) -> bool:
 
 
 def layer_ious(maps: dict, ref_maps: dict, labels: torch.Tensor, mass: float) -> list[float]:
-    """Mean IoU over examples of attention layer i of one model with layer i of the other."""
+    """Mean IoU over examples of attention layer i of one model with layer i of the other (head means)."""
     out = []
     for a, b in zip(maps.values(), ref_maps.values()):
         out.append(map_iou(a, b, mass=mass, query_mask=labels != -100).mean().item())
     return out
+
+
+def layer_best_heads(maps: dict, ref_maps: dict, labels: torch.Tensor, mass: float) -> list[float]:
+    """Per layer, the IoU of the single head that overlaps most with the reference layer's head mean."""
+    return [best_head_iou(a, b, mass, labels != -100)[1] for a, b in zip(maps.values(), ref_maps.values())]
 
 
 def _accuracy(model, inputs, labels) -> float:
@@ -101,6 +106,7 @@ def analyze_run(run_dir: Path, reference: Path | None, out: Path, num_examples: 
             )
         ref_maps = attention_maps(ref_model, inputs)
         result["iou_by_layer"] = layer_ious(maps, ref_maps, labels, mass)
+        result["best_head_iou_by_layer"] = layer_best_heads(maps, ref_maps, labels, mass)
     result["gamma_beta"] = gamma_beta_stats(model)
     result["figure"] = str(draw_run(config, maps, labels, out / f"maps_{run_dir.name}.png", ref_maps))
     return result
@@ -141,8 +147,8 @@ def analyze_sweep(sweep_dir: Path, out: Path, num_examples: int, mass: float) ->
         maps = attention_maps(model, inputs)
         _, ref_model = load_run(ref_dir)
         ref_maps = attention_maps(ref_model, inputs)
-        ious = layer_ious(maps, ref_maps, labels, mass)
-        layer_count = max(layer_count, len(ious))
+        ious = layer_ious(maps, ref_maps, labels, mass) + layer_best_heads(maps, ref_maps, labels, mass)
+        layer_count = max(layer_count, len(ious) // 2)
         key = (config["kernel"], config["seq_len"], config["model"]["d_model"], config["train"]["lr"])
         iou_rows.setdefault(key, []).append(ious)
         picture = (config["kernel"], config["seq_len"])
@@ -156,15 +162,18 @@ def analyze_sweep(sweep_dir: Path, out: Path, num_examples: int, mass: float) ->
         "IoU of each attention layer's top-mass sets with the softmax model's on the same test inputs "
         f"({num_examples} examples; per query row the smallest key set holding >= {mass:g} of the head-averaged "
         "weight; averaged over labelled query positions; mean ± 95% CI over seeds). The softmax reference is "
-        "the run with the same length, width, seed and learning rate.",
+        "the run with the same length, width, seed and learning rate. `best head`: the IoU of the kernel "
+        "model's single head that overlaps most with the softmax head mean.",
         "",
     ]
     rows = []
     for (kernel, L, d, lr), values in sorted(iou_rows.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         row = {"kernel": kernel, "L": L, "d_model": d, "lr": lr, "seeds": len(values)}
         for i in range(layer_count):
-            ci = mean_ci([v[i] for v in values if i < len(v)])
-            row[f"layer {i}"] = ci.format(3) if ci.n else "–"
+            ci = mean_ci([v[i] for v in values if len(v) == 2 * layer_count])
+            row[f"layer {i}: IoU (head mean)"] = ci.format(3) if ci.n else "–"
+            ci = mean_ci([v[layer_count + i] for v in values if len(v) == 2 * layer_count])
+            row[f"layer {i}: best head"] = ci.format(3) if ci.n else "–"
         rows.append(row)
     lines.append(markdown_table(rows) if rows else "(no run has a softmax reference)\n")
     lines += [
