@@ -124,7 +124,7 @@ def test_a_sweep_end_to_end_and_again(tmp_path, capsys):
     assert all(0.0 <= float(r["best.accuracy"]) <= 1.0 for r in rows)
     assert all(r["task.num_kv_pairs"] == "2" for r in rows)
     report = (sweep / "report.md").read_text()
-    assert "## Significance" in report and "| 16 | 24 | elu | softmax | 2 |" in report
+    assert "## Significance" in report and "| 16 | 24 | softmax | elu | 2 |" in report
     assert (sweep / "figure.png").read_bytes()[:4] == b"\x89PNG"
     # the run's logged best accuracy is the one in the table
     summary = json.loads((sweep / "kernel=elu_seq_len=16_lr=0.003_seed=0" / "summary.json").read_text())

@@ -304,7 +304,8 @@ def write_report(config: dict, preset_name: str, records: list[dict], out_dir: P
     order = kernel_order(config, records)
     pivot = _pivot(rows, order)
     table = markdown_table(pivot, ["seq_len", "d_model", *order], ["L", "d_model", *order])
-    comparisons = pairwise_comparisons(rows, method_key="kernel")
+    comparisons = [_oriented(c, order) for c in pairwise_comparisons(rows, method_key="kernel")]
+    comparisons.sort(key=lambda c: (c["seq_len"], c["model.d_model"], order.index(c["a"]), order.index(c["b"])))
     for c in comparisons:
         c["diff (95% bootstrap CI)"] = f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
         c["verdict"] = _verdict(c)
@@ -352,7 +353,11 @@ def write_report(config: dict, preset_name: str, records: list[dict], out_dir: P
         f"up to {tr['epochs']} epochs, evaluation every epoch, early stop at accuracy >= {tr['early_stop_threshold']}.",
         f"- Grid: {', '.join(f'{k} {v}' for k, v in config.get('grid', {}).items())}.",
         f"- {len(runs)} runs finished; run time {sum(times):.0f} s summed over runs"
-        + (f", {elapsed:.0f} s wall for this invocation." if elapsed is not None else "."),
+        + (
+            f"; the command that wrote this report ran {elapsed:.0f} s (finished runs are not rerun)."
+            if elapsed
+            else "."
+        ),
         "",
         "## Significance: paired comparisons across seeds",
         "",
@@ -371,6 +376,19 @@ def write_report(config: dict, preset_name: str, records: list[dict], out_dir: P
     write_text_atomic(text, out_dir / "report.md")
     write_figure(rows, order, out_dir / "figure.png", f"MQAR ({preset_name}): accuracy vs d_model")
     return table
+
+
+def _oriented(c: dict, order: list[str]) -> dict:
+    """A comparison with ``a`` the kernel listed first in the preset (differences and intervals negated)."""
+    if order.index(c["a"]) < order.index(c["b"]):
+        return c
+    c = dict(c)
+    c["a"], c["b"], c["mean_a"], c["mean_b"] = c["b"], c["a"], c["mean_b"], c["mean_a"]
+    c["mean_diff"] = -c["mean_diff"]
+    c["ci_low"], c["ci_high"] = -c["ci_high"], -c["ci_low"]
+    c["t_ci_low"], c["t_ci_high"] = -c["t_ci_high"], -c["t_ci_low"]
+    c["t_stat"] = -c["t_stat"]
+    return c
 
 
 def _verdict(c: dict) -> str:
