@@ -264,7 +264,7 @@ def kernel_order(config: dict, records: Sequence[dict]) -> list[str]:
 
 
 def write_figure(rows: list[dict], order: list[str], path: Path, title: str) -> Path:
-    """Accuracy vs d_model, one panel per length, one line per kernel (ReBased Figure 1), 95% CI bars."""
+    """Accuracy vs d_model, one panel per length, one line per kernel (ReBased Figure 1), 95% CI bars, seeds as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,15 +274,21 @@ def write_figure(rows: list[dict], order: list[str], path: Path, title: str) -> 
     fig, axes = plt.subplots(1, len(lengths), figsize=(3.4 * len(lengths) + 1.2, 3.2), squeeze=False, sharey=True)
     for ax, L in zip(axes[0], lengths):
         for i, name in enumerate(order):
-            mine = [r for r in rows if r["seq_len"] == L and r["kernel"] == name]
-            pts = sorted((r["model.d_model"], r["mean"], r["half_width"]) for r in mine)
-            if not pts:
+            mine = sorted(
+                (r for r in rows if r["seq_len"] == L and r["kernel"] == name), key=lambda r: r["model.d_model"]
+            )
+            if not mine:
                 continue
-            x = [p[0] for p in pts]
-            y = [p[1] for p in pts]
-            err = [0.0 if math.isnan(p[2]) else p[2] for p in pts]
+            dodge = 2 ** (0.07 * (i - (len(order) - 1) / 2))  # side by side on the log axis, bars apart
+            x = [r["model.d_model"] * dodge for r in mine]
+            y = [r["mean"] for r in mine]
+            err = [0.0 if math.isnan(r["half_width"]) else r["half_width"] for r in mine]
             ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=name, color=f"C{i}", alpha=0.9)
+            seeds_x = [xi for xi, r in zip(x, mine) for _ in r["values"]]
+            seeds_y = [v for r in mine for v in r["values"]]
+            ax.scatter(seeds_x, seeds_y, s=8, color=f"C{i}", alpha=0.35, linewidths=0)  # the seeds themselves
         ax.set_xscale("log", base=2)
+        ax.margins(x=0.15)
         widths = sorted({r["model.d_model"] for r in rows})
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.set_title(f"sequence length {L}", fontsize=9)
