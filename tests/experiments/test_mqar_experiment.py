@@ -91,6 +91,11 @@ def test_presets_expand_and_validate():
         ({"train__batchsize": 3}, "batchsize"),
         ({"grid": {"kernel": "softmax"}}, "grid.kernel"),
         ({"model__num_layers": 1}, "num_layers"),
+        pytest.param(
+            {"train__device": "cuda"},
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
+        ),
     ],
 )
 def test_bad_input_fails_before_any_training(tmp_path, capsys, changes, message):

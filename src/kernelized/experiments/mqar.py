@@ -216,7 +216,9 @@ def validate(runs: Sequence[Run]) -> None:
                 value = config["task"][key]
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(f"task.{key} must be an integer >= 1, got {value!r}")
-            train_config(config)
+            device = train_config(config).device
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ValueError(f"train.device is {device!r} but CUDA is not available here; use auto or cpu")
             signature = (config["kernel"], config["seq_len"], repr(config["model"]), repr(config["kernels"]))
             if signature not in built:
                 with torch.device("meta"):  # checks every option without allocating weights
