@@ -148,3 +148,34 @@ def test_same_seed_same_data_across_kernels():
     c = config_for("elu")
     c["seed"] = 1
     assert not torch.equal(mqar.datasets(a)[0].tensors[0], mqar.datasets(c)[0].tensors[0])
+
+
+def test_a_killed_run_resumes_to_the_same_end(tmp_path, monkeypatch):
+    from kernelized.train.trainer import Trainer
+
+    config = config_for("rebased", d_model=24, num_heads=2, feature_dim=4)
+    config["seq_len"] = 16
+    config["task"].update(vocab_size=16, num_kv_pairs=2, num_train=48, num_test=16)
+    config["train"].update(epochs=3, batch_size=16, progress=False)  # 3 steps per epoch, checkpoint each epoch
+    full = mqar.run_one(config, tmp_path / "full")
+
+    real_step = Trainer._train_step
+
+    def killed_at_step_5(self, indices):
+        if self.step == 4:
+            raise RuntimeError("killed")
+        return real_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "_train_step", killed_at_step_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        mqar.run_one(config, tmp_path / "cut")
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    resumed = mqar.run_one(config, tmp_path / "cut")  # the same command again: resumes from epoch 1's checkpoint
+    assert resumed["steps"] == full["steps"] == 9
+    assert resumed["best"] == full["best"] and resumed["final"] == full["final"]
+
+    def evals(run):
+        lines = [json.loads(x) for x in open(tmp_path / run / "metrics.jsonl")]
+        return [{k: v for k, v in e.items() if k != "elapsed"} for e in lines if e["event"] == "eval"]
+
+    assert evals("cut") == evals("full")
