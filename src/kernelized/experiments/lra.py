@@ -16,8 +16,8 @@ checkpoint with the same command; finished ones are not run again.
 ListOps and Pathfinder data are generated once per settings into ``data.cache_dir`` unless ``data.path`` points
 at files (LRA's ``listops-1000`` folder works as is). Text, Retrieval and Image read ``data.path`` or the hub.
 Reported: test accuracy of the final model (mean and 95% Student-t CI over seeds), the best validation accuracy
-over the run's evaluations, training steps per second and peak memory (CUDA allocator peak, or the process's
-peak RSS on CPU).
+over the run's evaluations, training steps per second and peak memory (CUDA allocator peak; on CPU the run's peak
+RSS: the process's peak is reset before training, on Linux).
 """
 
 from __future__ import annotations
@@ -224,6 +224,30 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 # -- one run -------------------------------------------------------------------------------------------
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux ``VmHWM``, via ``/proc/self/clear_refs``); False where unsupported.
+
+    ``ru_maxrss`` never goes down, so in a worker that runs several runs it would report the largest run so far.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_one(config: dict, run_dir: Path) -> dict:
     """Train one (task, kernel, seed) and evaluate on the test split; returns the summary (resumable)."""
     config = resolve(config)
@@ -236,9 +260,19 @@ def run_one(config: dict, run_dir: Path) -> dict:
     torch.manual_seed(config["seed"])
     model = build_model(config)
     trainer = Trainer(model, train_cfg, splits["train"], splits["val"], run_dir=Path(run_dir) / "train")
+    memory_file = Path(run_dir) / "train" / "peak_rss.json"
+    measured = _reset_peak_rss() and not (Path(run_dir) / "train" / "summary.json").exists()
     summary = trainer.fit()
+    if measured:  # this call trained: the peak RSS of the training (data and model included), kept for re-reads
+        write_text_atomic(json.dumps({"peak_rss_mb": _peak_rss_mb()}), memory_file)
     trainer.load_weights()  # the final model, also when fit() found the run already finished
     test = trainer.evaluate(splits["test"])
+    if summary.get("peak_memory_mb"):
+        peak, kind = summary["peak_memory_mb"], "cuda"
+    elif memory_file.exists():
+        peak, kind = json.loads(memory_file.read_text())["peak_rss_mb"], "cpu_rss_run"
+    else:  # the process's lifetime peak (earlier runs in the same worker included)
+        peak, kind = summary.get("peak_rss_mb"), "cpu_rss_process"
     return {
         **summary,
         "task": task,
@@ -246,8 +280,8 @@ def run_one(config: dict, run_dir: Path) -> dict:
         "seed": config["seed"],
         "test": test,
         "val_best_accuracy": summary["best"].get("accuracy"),
-        "peak_memory_mb": summary.get("peak_memory_mb") or summary.get("peak_rss_mb"),
-        "peak_memory_kind": "cuda" if summary.get("peak_memory_mb") else "cpu_rss",
+        "peak_memory_mb": peak,
+        "peak_memory_kind": kind,
         "num_train": len(splits["train"]),
         "num_test": len(splits["test"]),
         "max_len": default_max_len(task, config["data"]),
@@ -319,7 +353,8 @@ def write_report(records: list[dict], out_dir: Path, preset_name: str, preset: d
     columns = ["task", "kernel", "test acc % (95% CI)", "n", "val acc %", "steps/s", "peak MB", "seconds"]
     note = (
         f"Preset `{preset_name}`; test accuracy of the final model, mean and 95% Student-t interval over seeds "
-        "(n = seeds). Peak MB is the CUDA allocator peak on GPU, the process's peak RSS on CPU.\n\n"
+        "(n = seeds). Peak MB is the CUDA allocator peak on GPU; on CPU the run's peak RSS (Linux VmHWM reset before "
+        "training; where that was not possible, the worker process's lifetime peak).\n\n"
         "For orientation only, the published LRA numbers (different sizes and lengths, not comparable to a small "
         "preset):\n\n" + published_table()
     )
