@@ -130,10 +130,24 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
             f.write("5")  # resets VmHWM to the current resident set
     except OSError:
         return None
-    base = _proc_kb("VmRSS")
-    fn()
-    peak = _proc_kb("VmHWM")
+    _mmap_threshold(64 * 1024)  # big blocks from fresh mmaps, so reused heap pages cannot hide them
+    try:
+        base = _proc_kb("VmRSS")
+        fn()
+        peak = _proc_kb("VmHWM")
+    finally:
+        _mmap_threshold(32 * 2**20)  # glibc's own ceiling for its dynamic threshold
     return None if base is None or peak is None else max(0.0, (peak - base) / 1024)
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    """glibc ``mallopt(M_MMAP_THRESHOLD)``; a no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
