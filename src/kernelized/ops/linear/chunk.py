@@ -11,10 +11,14 @@ The causal path is one autograd Function tuned for CPUs (2-core measurements in 
 - the prefix sums over chunks are in-place row additions (``torch.cumsum`` over that axis is 3x slower);
 - backward keeps the inputs and the state before each chunk (``[H, B*N, F, Dv+1]``, T/C states of F x (Dv+1)
   per head: about as much memory as q), so memory stays linear in T; recomputing them instead cost ~10% time;
-- outputs and gradients are written head-major ``[H, B, T, .]`` and handed back as permuted views.
+- outputs and gradients are written head-major ``[H, B, T, .]`` and handed back as permuted views;
+- with several torch threads, heads run on as many Python threads with single-threaded ops (no OpenMP
+  barrier per small op, which stalls on a busy machine).
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +76,30 @@ def _scan(x: torch.Tensor, init: torch.Tensor | None, reverse: bool = False) -> 
     return out, out[:, order[-1]] + x[:, order[-1]]
 
 
+def _per_head(fn, H: int) -> None:
+    """Run ``fn(h)`` for every head. With several torch threads, heads are split over as many Python threads,
+    each running its ops single-threaded: the ~100 small ops per call then need no OpenMP barrier, which on a
+    busy (oversubscribed) machine stalled each op on a descheduled thread."""
+    n = torch.get_num_threads()
+    if n <= 1 or H <= 1:
+        with torch.no_grad():
+            for h in range(H):
+                fn(h)
+        return
+
+    def work(heads: list[int]) -> None:
+        torch.set_num_threads(1)  # this worker's ops: single-threaded
+        with torch.no_grad():
+            for h in heads:
+                fn(h)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(n, H)) as pool:
+            list(pool.map(work, [list(range(H))[i :: min(n, H)] for i in range(min(n, H))]))
+    finally:
+        torch.set_num_threads(n)
+
+
 def _ones_column(v: torch.Tensor) -> torch.Tensor:
     """``[..., C, Dv] -> [..., C, Dv + 1]`` with a column of ones (the normaliser's value)."""
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
@@ -95,7 +123,8 @@ class _CausalChunk(torch.autograd.Function):
         states = v.new_empty(H, B * N, Fd, D1)  # the state before each chunk, kept for backward
         scores = v.new_empty(H, B * N, C, C)  # masked q k^T within each chunk, kept for backward
         upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
-        for h in range(H):
+
+        def head(h: int) -> None:
             qh, kh = q[:, :, h].reshape(B * N, C, Fd), k[:, :, h].reshape(B * N, C, Fd)
             v1 = _ones_column(v[:, :, h].reshape(B * N, C, Dv))
             kv = torch.bmm(kh.transpose(1, 2), v1).view(B, N, Fd * D1)  # each chunk's addition to the state
@@ -105,6 +134,8 @@ class _CausalChunk(torch.autograd.Function):
             S_final[:, h] = total.view(B, Fd, D1)
             A = torch.bmm(qh, kh.transpose(1, 2), out=scores[h]).masked_fill_(upper, 0.0)  # [B*N, C, C]
             torch.baddbmm(torch.bmm(A, v1), qh, before.view(B * N, Fd, D1), out=y[h])
+
+        _per_head(head, H)
         ctx.save_for_backward(q, k, v, states, scores)
         ctx.C, ctx.has_init = C, S0 is not None
         return y[..., :Dv], y[..., Dv], S_final
@@ -124,7 +155,8 @@ class _CausalChunk(torch.autograd.Function):
         if dden is None:
             dden = v.new_zeros(H, B * N, C)
         upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
-        for h in range(H):
+
+        def head(h: int) -> None:
             qh, kh = q[:, :, h].reshape(B * N, C, Fd), k[:, :, h].reshape(B * N, C, Fd)
             v1 = _ones_column(v[:, :, h].reshape(B * N, C, Dv))
             dyh = torch.cat([dnum[h], dden[h][..., None]], dim=-1)  # [B*N, C, Dv+1]
@@ -141,6 +173,8 @@ class _CausalChunk(torch.autograd.Function):
             torch.baddbmm(torch.bmm(P, kh), dyh, before.transpose(1, 2), out=dq[h])
             torch.baddbmm(torch.bmm(P.transpose(1, 2), qh), v1, after.transpose(1, 2), out=dk[h])
             torch.baddbmm(torch.bmm(A.transpose(1, 2), dyh[..., :Dv]), kh, after[..., :Dv], out=dv[h])
+
+        _per_head(head, H)
 
         def head_major(x: torch.Tensor) -> torch.Tensor:  # [H, B*N, C, X] -> [B, T, H, X] view
             return x.view(H, B, T, x.shape[-1]).permute(1, 2, 0, 3)
