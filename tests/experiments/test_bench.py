@@ -101,3 +101,11 @@ def test_bad_arguments_name_the_argument(tmp_path):
         bench.main(["--preset", "smoke", "--sections", "kernels,speed", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--lengths"):
         bench.main(["--preset", "smoke", "--lengths", "1k", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_fresh_process_memory_grows_with_the_length():
+    p = bench.PRESETS["smoke"]
+    small, large = (bench.fresh_process_peak_mb(p, T) for T in (512, 8192))
+    assert small is not None and large is not None
+    assert large > 4 * small and large > 1.0  # 16x the tokens: the chunk form's memory grows with T
