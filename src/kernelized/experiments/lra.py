@@ -48,6 +48,7 @@ from kernelized.experiments.common import (
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 from kernelized.train import TrainConfig, Trainer
 from kernelized.train.checkpoint import write_text_atomic
+from kernelized.train.memory import peak_rss_mb, reset_peak_rss
 
 # Every field a preset may set; empty mappings are free-form.
 DEFAULTS = {
@@ -224,30 +225,6 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 # -- one run -------------------------------------------------------------------------------------------
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux ``VmHWM``, via ``/proc/self/clear_refs``); False where unsupported.
-
-    ``ru_maxrss`` never goes down, so in a worker that runs several runs it would report the largest run so far.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def run_one(config: dict, run_dir: Path) -> dict:
     """Train one (task, kernel, seed) and evaluate on the test split; returns the summary (resumable)."""
     config = resolve(config)
@@ -261,10 +238,10 @@ def run_one(config: dict, run_dir: Path) -> dict:
     model = build_model(config)
     trainer = Trainer(model, train_cfg, splits["train"], splits["val"], run_dir=Path(run_dir) / "train")
     memory_file = Path(run_dir) / "train" / "peak_rss.json"
-    measured = _reset_peak_rss() and not (Path(run_dir) / "train" / "summary.json").exists()
+    measured = reset_peak_rss() and not (Path(run_dir) / "train" / "summary.json").exists()
     summary = trainer.fit()
     if measured:  # this call trained: the peak RSS of the training (data and model included), kept for re-reads
-        write_text_atomic(json.dumps({"peak_rss_mb": _peak_rss_mb()}), memory_file)
+        write_text_atomic(json.dumps({"peak_rss_mb": peak_rss_mb()}), memory_file)
     trainer.load_weights()  # the final model, also when fit() found the run already finished
     test = trainer.evaluate(splits["test"])
     if summary.get("peak_memory_mb"):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from kernelized.train.checkpoint import (
     write_json_atomic,
 )
 from kernelized.train.config import TrainConfig
+from kernelized.train.memory import peak_rss_mb, reset_peak_rss
 from kernelized.train.optim import build_optimizer, learning_rate
 
 LossFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
@@ -330,7 +330,8 @@ class Trainer:
         ``best_epoch`` and ``best_step`` (where each best was reached), ``final`` (the last evaluation),
         ``train_loss`` (mean over the last ``log_every`` steps), ``wall_time_s``, ``train_time_s``,
         ``steps_per_s``, ``examples_per_s``, ``tokens_per_s`` (None when inputs are not token ids),
-        ``peak_memory_mb`` (CUDA) and ``peak_rss_mb`` (the process's peak resident memory), ``num_params``,
+        ``peak_memory_mb`` (CUDA) and ``peak_rss_mb`` (peak resident memory since this fit() started, on Linux;
+        the process's lifetime peak elsewhere), ``num_params``,
         ``device``, ``world_size``.
         A run whose summary.json exists returns it and does nothing.
         """
@@ -339,6 +340,7 @@ class Trainer:
             return json.loads(summary_path.read_text())
         self.setup()
         self._session_start = time.perf_counter()
+        reset_peak_rss()  # the summary's peak_rss_mb is this session's peak, not earlier runs' in the same process
         if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = self._path("checkpoint.pt")
@@ -524,7 +526,7 @@ class Trainer:
             self.status = "finished"
         c = self.counters
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        rss = peak_rss_mb()
         train_time = max(c["train_time"], 1e-9)
         summary = {
             "status": self.status,
