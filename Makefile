@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(PY) -m kernelized mqar --preset demo
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 	$(PY) -m pytest
 
 bench: $(STAMP)
