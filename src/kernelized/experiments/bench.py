@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from kernelized import kernels, ops
 from kernelized._checks import check_choice
+from kernelized.train.memory import reset_peak_rss
 
 K = 1024
 PRESETS: dict[str, dict] = {
@@ -127,10 +128,7 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-    except OSError:
+    if not reset_peak_rss():  # VmHWM back to the current resident set
         return None
     _mmap_threshold(64 * 1024)  # big blocks from fresh mmaps, so reused heap pages cannot hide them
     try:
