@@ -124,6 +124,16 @@ def test_build_mixer_and_bad_input():
         layers.build_mixer({"mixer": "mamba"}, d_model=8)
     with pytest.raises(ValueError, match="unknown options \\['heads'\\]"):
         layers.build_mixer({"mixer": "kernel", "heads": 2}, d_model=8)
+    with pytest.raises(ValueError, match="unknown options \\['heads'\\]"):
+        layers.build_mixer({"mixer": "softmax", "heads": 2}, d_model=8)
+    # kernel options may sit flat in the spec, as in DESIGN, or under kernel_options
+    flat = layers.build_mixer({"mixer": "kernel", "kernel": "gmm-prf", "num_features": 8, "num_heads": 2}, d_model=8)
+    nested = layers.build_mixer(
+        {"mixer": "kernel", "kernel": "gmm-prf", "kernel_options": {"num_features": 8}, "num_heads": 2}, d_model=8
+    )
+    assert flat.feature_map.feature_dim == nested.feature_map.feature_dim == 8
+    with pytest.raises(ValueError, match="options of kernel 'rebased'"):
+        layers.build_mixer({"mixer": "kernel", "kernel": "rebased", "num_features": 8}, d_model=8)
     with pytest.raises(ValueError, match="a mixer spec must be a dict"):
         layers.build_mixer("kernel", d_model=8)
     with pytest.raises(ValueError, match="kernel must be one of"):

@@ -5,6 +5,8 @@ Both take ``x [B, T, d_model]`` and return ``[B, T, d_model]``; both carry a sta
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -22,7 +24,6 @@ def _check_x(x: torch.Tensor, d_model: int) -> tuple[int, int]:
     return x.shape[0], x.shape[1]
 
 
-@register_mixer("kernel")
 class KernelAttention(nn.Module):
     """Linear attention with any registered feature map.
 
@@ -152,6 +153,24 @@ class KernelAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel_name!r}, causal={self.causal}, mode={self.mode!r}, head_dim_v={self.head_dim_v}"
+
+
+@register_mixer("kernel")
+def kernel_mixer(
+    d_model: int, kernel: str = "rebased", kernel_options: dict | None = None, **options
+) -> KernelAttention:
+    """The ``{"mixer": "kernel", ...}`` spec: KernelAttention's arguments, and the kernel's own options either flat
+    (``{"kernel": "gmm-prf", "num_features": 128}``, as in DESIGN) or under ``kernel_options``."""
+    layer_args = set(inspect.signature(KernelAttention.__init__).parameters) - {"self"}
+    flat = {k: v for k, v in options.items() if k not in layer_args}
+    unknown = sorted(set(flat) - set(kernels.options(kernel)))
+    if unknown:
+        raise ValueError(
+            f"mixer 'kernel' got unknown options {unknown}; it accepts {sorted(layer_args - {'d_model'})} "
+            f"and the options of kernel {kernel!r}: {sorted(kernels.options(kernel))}"
+        )
+    layer = {k: v for k, v in options.items() if k in layer_args}
+    return KernelAttention(d_model, kernel=kernel, kernel_options={**flat, **(kernel_options or {})}, **layer)
 
 
 @register_mixer("softmax")
