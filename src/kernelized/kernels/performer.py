@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from kernelized.kernels.random_features import (
-    RandomFeatureMap,
-    check_num_features,
-    gaussian_noise,
-    gaussian_prf_kernel,
-)
+from kernelized.kernels.random_features import StandardGaussianFeatureMap, check_num_features, gaussian_prf_kernel
 from kernelized.kernels.registry import register
 
 
 @register("performer")
-class PerformerFeatureMap(RandomFeatureMap):
+class PerformerFeatureMap(StandardGaussianFeatureMap):
     """FAVOR+: ``phi(x) = exp(+-w.x~ - |x~|^2 / 2) / sqrt(2M)``, ``kernel(q, k) = exp(q.k / sqrt(d))``.
 
     Defaults follow the KL code's ``performer`` (its ``Favor``): M = d orthogonal frequencies per head, the
@@ -48,19 +43,6 @@ class PerformerFeatureMap(RandomFeatureMap):
         self.m = check_num_features(num_features, head_dim)
         self.orthogonal = bool(orthogonal)
         self._init_draws()
-
-    @property
-    def num_frequencies(self) -> int:
-        return self.m
-
-    def draw(self, generator):
-        a = self._anchor
-        dev = a.device if generator is None else generator.device
-        eps = gaussian_noise(self.num_heads, self.m, self.head_dim, self.orthogonal, generator, device=dev)
-        return {"eps": eps.to(device=a.device, dtype=a.dtype)}
-
-    def frequencies(self, noise):
-        return noise["eps"]
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The softmax kernel ``exp(q~.k~) = exp(q.k / sqrt(d))`` (with the default scale)."""

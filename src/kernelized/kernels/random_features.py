@@ -386,8 +386,28 @@ def gaussian_prf_kernel(q: torch.Tensor, k: torch.Tensor, offset: float) -> torc
     return torch.exp(0.5 * (t * t).sum(-1) - offset * ((q * q).sum(-1) + (k * k).sum(-1)))
 
 
+class StandardGaussianFeatureMap(RandomFeatureMap):
+    """Frequencies ``w ~ N(0, I)`` per head (orthogonal rows optional): the fixed kernels rff and performer.
+
+    Subclasses set ``self.m`` (frequencies per head) and ``self.orthogonal`` before ``_init_draws()``.
+    """
+
+    @property
+    def num_frequencies(self) -> int:
+        return self.m
+
+    def draw(self, generator):
+        a = self._anchor
+        dev = a.device if generator is None else generator.device
+        eps = gaussian_noise(self.num_heads, self.m, self.head_dim, self.orthogonal, generator, device=dev)
+        return {"eps": eps.to(device=a.device, dtype=a.dtype)}
+
+    def frequencies(self, noise):
+        return noise["eps"]
+
+
 @register("rff")
-class RandomFourierFeatures(RandomFeatureMap):
+class RandomFourierFeatures(StandardGaussianFeatureMap):
     """Random Fourier features (RKS) of the Gaussian kernel: ``kernel(q, k) = exp(-|q~ - k~|^2 / 2) + s^2``.
 
     The KL code's ``rbf-fourier``: M = pow2cast(d ln d) frequencies w ~ N(0, I) per head (independent draws per
@@ -419,19 +439,6 @@ class RandomFourierFeatures(RandomFeatureMap):
         self.m = check_num_features(num_features, default_num_features(head_dim))
         self.orthogonal = bool(orthogonal)
         self._init_draws()
-
-    @property
-    def num_frequencies(self) -> int:
-        return self.m
-
-    def draw(self, generator):
-        a = self._anchor
-        dev = a.device if generator is None else generator.device
-        eps = gaussian_noise(self.num_heads, self.m, self.head_dim, self.orthogonal, generator, device=dev)
-        return {"eps": eps.to(device=a.device, dtype=a.dtype)}
-
-    def frequencies(self, noise):
-        return noise["eps"]
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         q, k = self._scaled_pair(q, k)
