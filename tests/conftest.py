@@ -23,6 +23,16 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float =
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models and draws run faster on one torch thread: intra-op threads only contend, badly so on a loaded
+    machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def nan_poison(monkeypatch):
     """Uninitialised allocations come back NaN, so an op that leaves part of its output unwritten fails."""
     for name in ("empty", "empty_like"):

@@ -9,13 +9,7 @@ import torch
 from kernelized.eval.kernel_error import fit_slope, kernel_error
 from kernelized.experiments import kernel_error as cli
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pairs(P=16, H=2, d=4, scale=0.5):

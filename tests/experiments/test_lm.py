@@ -8,14 +8,7 @@ import yaml
 from kernelized.experiments import lm
 from kernelized.train import Trainer, load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread than fighting over a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_preset(tmp_path, **changes) -> str:

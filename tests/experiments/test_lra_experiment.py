@@ -13,13 +13,7 @@ import yaml
 from kernelized.experiments import lra as exp
 from kernelized.train import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_preset(tmp_path, name: str = "tiny", **extra) -> dict:

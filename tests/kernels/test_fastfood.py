@@ -9,13 +9,7 @@ import torch
 from kernelized import kernels
 from kernelized.kernels.random_features import hadamard_transform
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: contended threads only slow them down
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hadamard_transform_is_the_sylvester_matrix():

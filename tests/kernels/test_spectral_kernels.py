@@ -31,13 +31,7 @@ CASES = [
 LEARNED = ["gmm-rks", "gmm-prf", "fastfood-rks", "fastfood-prf", "generative-rks", "generative-prf"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Thousands of tiny draws: intra-op threads only contend (25x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(case):

@@ -25,12 +25,7 @@ KERNELS = [
 MODES = ("parallel", "chunk", "recurrent")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: contended threads only slow them down
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(kernel, options, causal, redraw="fixed"):

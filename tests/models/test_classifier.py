@@ -7,14 +7,7 @@ import torch
 
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and much faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MIXERS = {

@@ -7,13 +7,7 @@ from kernelized.models.generation import generate, incremental_logits, sample_ne
 V = 37
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread than fighting over a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hybrid(positions="learned", rotary=False, **extra) -> LanguageModel:

@@ -12,12 +12,7 @@ from kernelized.models.hf import KernelizedConfig, KernelizedForCausalLM  # noqa
 V = 41
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def native(tie=True, positions="sinusoidal") -> LanguageModel:

@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _train_tests_on_one_thread(one_thread):
+    """Every training test here runs tiny models: one torch thread (the root conftest's ``one_thread``)."""
     yield
-    torch.set_num_threads(before)
