@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernelized import kernels, ops
+from kernelized.ops.linear import chunk as chunk_module
 from tests.conftest import assert_close
 
 MODES = ["parallel", "chunk", "recurrent"]
@@ -147,6 +148,38 @@ def test_chunk_size_does_not_matter():
     ref, _ = ops.linear_attention(q, k, v, mode="parallel")
     for c in (1, 7, 64, 100, 128):
         assert_close(f"C={c}", ref, ops.linear_attention(q, k, v, mode="chunk", chunk_size=c)[0], ratio=1e-12)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2e4, 1e9])  # 1 chunk per block, a few, whole sequences per block
+@pytest.mark.parametrize("normalize", [True, False])
+def test_chunk_blocks_carry_state_across_block_and_sequence_boundaries(block_bytes, normalize, monkeypatch):
+    """The chunk form walks each head through the sequence in blocks of chunks (several blocks per sequence,
+    or several sequences per block): every block size gives the parallel form's outputs, states and gradients,
+    with and without autograd, on more than one thread."""
+    monkeypatch.setattr(chunk_module, "BLOCK_BYTES", block_bytes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # heads split over two worker threads
+    try:
+        _check_blocks(normalize)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_blocks(normalize):
+    q, k, v = _inputs(B=3, T=100, H=3, requires_grad=True)  # 7 chunks of 16, the last one padded
+    S0, z0 = _state(B=3, H=3, requires_grad=True)
+    leaves = (q, k, v, S0, z0)
+    results = {}
+    for mode in ("parallel", "chunk"):
+        o, (S, z) = _run(mode, q, k, v, normalize=normalize, initial_state=(S0, z0))
+        loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() + S.sin().sum() + z.cos().sum()
+        results[mode] = (o, S, z, *torch.autograd.grad(loss, leaves))
+    for name, ref, out in zip(["o", "S", "z", "dq", "dk", "dv", "dS0", "dz0"], results["parallel"], results["chunk"]):
+        assert_close(f"blocks/{name}", ref, out, ratio=1e-10)
+    with torch.no_grad():  # the inference path keeps nothing for backward
+        o, (S, z) = _run("chunk", q, k, v, normalize=normalize, initial_state=(S0, z0))
+    for name, ref, out in zip(["o", "S", "z"], results["parallel"], (o, S, z)):
+        assert_close(f"no-grad/{name}", ref, out, ratio=1e-10)
 
 
 def test_bad_input_is_named():

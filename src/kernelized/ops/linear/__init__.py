@@ -74,13 +74,12 @@ def linear_attention(
         keep = (~key_padding_mask).to(q.dtype)[:, :, None, None]
         k, v = k * keep, v * keep
 
-    if mode == "parallel":
-        num, den, S, z = parallel_linear_attention(q, k, v, causal, initial_state)
-    elif mode == "chunk":
-        num, den, S, z = chunk_linear_attention(q, k, v, causal, initial_state, chunk_size)
+    if mode == "chunk":  # normalises inside, writing the output once
+        o, S, z = chunk_linear_attention(q, k, v, causal, initial_state, chunk_size, eps if normalize else None)
     else:
-        num, den, S, z = recurrent_linear_attention(q, k, v, causal, initial_state)
-    o = num / (den[..., None] + eps) if normalize else num
+        form = parallel_linear_attention if mode == "parallel" else recurrent_linear_attention
+        num, den, S, z = form(q, k, v, causal, initial_state)
+        o = num / (den[..., None] + eps) if normalize else num
     return o.to(out_dtype), ((S, z) if output_final_state else None)
 
 

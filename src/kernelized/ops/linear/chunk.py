@@ -7,11 +7,14 @@ as an extra value column of ones, so numerator and denominator come out of the s
 The causal path is one autograd Function tuned for CPUs (2-core measurements in docs/benchmarks.md):
 
 - heads are processed one at a time on strided views of ``[B, T, H, F]``, so the inputs are never permuted
-  or copied, and each head's per-chunk states ``[B*N, F, Dv+1]`` stay small enough for the cache;
-- the prefix sums over chunks are in-place row additions (``torch.cumsum`` over that axis is 3x slower);
-- backward keeps the inputs and the state before each chunk (``[H, B*N, F, Dv+1]``, T/C states of F x (Dv+1)
-  per head: about as much memory as q), so memory stays linear in T; recomputing them instead cost ~10% time;
-- outputs and gradients are written head-major ``[H, B, T, .]`` and handed back as permuted views;
+  or copied;
+- each head runs through the sequence in blocks of chunks small enough (``BLOCK_BYTES``) that a block's
+  inputs, states and products stay in cache from one product to the next: on this CPU the same matmuls ran
+  about a third faster on cache-resident blocks than as whole-sequence batches;
+- the prefix sums over chunks are one triangular matmul per block (``_scan``), continued from a carry;
+- normalisation happens inside, so the output is written once, in the natural ``[B, T, H, Dv]`` layout;
+- backward keeps the state before each chunk and the in-chunk scores (linear in T, about as much memory as
+  q); a forward without autograd keeps neither;
 - with several torch threads, heads run on as many Python threads with single-threaded ops (no OpenMP
   barrier per small op, which stalls on a busy machine).
 """
@@ -23,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+BLOCK_BYTES = 2.5 * 2**20  # working set of one block of chunks (see the module docstring)
+
 
 def chunk_linear_attention(
     q: torch.Tensor,
@@ -31,8 +36,14 @@ def chunk_linear_attention(
     causal: bool,
     initial_state: tuple | None,
     chunk_size: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as ``naive.parallel_linear_attention``."""
+    eps: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear attention in chunks: ``o [B, T, H, Dv]`` (divided by normaliser + eps, or the plain numerator
+    when ``eps`` is None) and the final state ``S [B, H, F, Dv]``, ``z [B, H, F]``.
+
+    Inputs as in ``naive.parallel_linear_attention``: q, k ``[B, T, H, F]``, v ``[B, T, H, Dv]`` (validated,
+    masked, float32 or float64), initial_state ``(S, z)`` or None.
+    """
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
     S0 = None
@@ -45,138 +56,213 @@ def chunk_linear_attention(
         if S0 is not None:
             S = S + S0
         out = torch.einsum("bthf,bhfd->bthd", q, S)
-        return out[..., :Dv], out[..., Dv], S[..., :Dv], S[..., Dv]
+        o = out[..., :Dv] if eps is None else out[..., :Dv] / (out[..., Dv:] + eps)
+        return o, S[..., :Dv], S[..., Dv]
 
     C = min(chunk_size, T)
-    N = -(-T // C)
-    pad = N * C - T
+    pad = -T % C
     if pad:  # zero keys add nothing to any state; padded queries are dropped below
         q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-    num, den, S_final = _CausalChunk.apply(q, k, v, S0, C)  # [H, B*N, C, Dv], [H, B*N, C], [B, H, F, Dv+1]
-    num = num.reshape(H, B, N * C, Dv).permute(1, 2, 0, 3)[:, :T]  # [B, T, H, Dv], views
-    den = den.reshape(H, B, N * C).permute(1, 2, 0)[:, :T]
-    return num, den, S_final[..., :Dv], S_final[..., Dv]
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, S0)):
+        o, S_final = _CausalChunk.apply(q, k, v, S0, C, eps)
+    else:  # inference: nothing kept for backward
+        o, S_final = _causal_forward(q, k, v, S0, C, eps, save=False)[:2]
+    return o[:, :T], S_final[..., :Dv], S_final[..., Dv]
 
 
-def _scan(x: torch.Tensor, init: torch.Tensor | None, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exclusive prefix sums of ``x [B, N, M]`` over N (suffix sums if reverse), starting from ``init [B, M]``.
+# ---------------------------------------------------------------------------------------------- blocks
 
-    Returns ``(before [B, N, M], total [B, M])``: ``before[:, n]`` is init plus the rows before n (after n if
-    reverse), ``total`` is init plus all rows.
+
+def _blocks(B: int, N: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """``(b0, b1, n0, n1)`` ranges covering B sequences x N chunks, sequence-major, each about ``rows`` chunks:
+    chunks n0:n1 of one sequence, or whole sequences b0:b1 when a sequence is shorter than a block (so every
+    block is a single strided view ``[(b1-b0)(n1-n0), C, .]``)."""
+    if N >= rows:
+        return [(b, b + 1, n0, min(n0 + rows, N)) for b in range(B) for n0 in range(0, N, rows)]
+    per = max(1, rows // N)
+    return [(b0, min(b0 + per, B), 0, N) for b0 in range(0, B, per)]
+
+
+def _block_rows(C: int, Fd: int, Dv: int, itemsize: int) -> int:
+    """Chunks per block: q, k, v, output, scores and state of one chunk, about ``BLOCK_BYTES`` in all."""
+    per_chunk = (C * (2 * Fd + 2 * (Dv + 1) + C) + Fd * (Dv + 1)) * itemsize
+    return max(1, int(BLOCK_BYTES // per_chunk))
+
+
+_TRIANGLES: dict = {}
+
+
+def _scan(x: torch.Tensor, out: torch.Tensor, carry: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Exclusive prefix sums over chunks: ``out[:, n] = carry + sum of x[:, m]`` over m < n (m > n if reverse).
+
+    x, out ``[b, n, M]``; carry ``[b, M]``. One matmul with a strictly triangular matrix of ones (a Python loop
+    of row additions costs a dispatch per chunk). Returns the carry for the next block.
     """
-    N = x.shape[1]
-    order = list(range(N - 1, -1, -1)) if reverse else list(range(N))
-    out = torch.empty_like(x)
-    if init is None:
-        out[:, order[0]].zero_()
+    n = x.shape[1]
+    key = (n, reverse, x.dtype, x.device)
+    if key not in _TRIANGLES:
+        ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
+        _TRIANGLES[key] = ones.triu(1) if reverse else ones.tril(-1)
+    if x.shape[0] == 1:
+        torch.mm(_TRIANGLES[key], x[0], out=out[0])
     else:
-        out[:, order[0]].copy_(init)
-    for prev, n in zip(order[:-1], order[1:]):
-        torch.add(out[:, prev], x[:, prev], out=out[:, n])
-    return out, out[:, order[-1]] + x[:, order[-1]]
+        torch.matmul(_TRIANGLES[key], x, out=out)
+    out.add_(carry[:, None])
+    last = 0 if reverse else n - 1
+    return out[:, last] + x[:, last]
 
 
 def _per_head(fn, H: int) -> None:
-    """Run ``fn(h)`` for every head. With several torch threads, heads are split over as many Python threads,
-    each running its ops single-threaded: the ~100 small ops per call then need no OpenMP barrier, which on a
-    busy (oversubscribed) machine stalled each op on a descheduled thread."""
+    """Run ``fn(heads)`` over all heads. With several torch threads, the heads are split over as many Python
+    threads, each running its ops single-threaded: the small ops need no OpenMP barrier, which on a busy
+    (oversubscribed) machine stalled each op on a descheduled thread."""
     n = torch.get_num_threads()
-    if n <= 1 or H <= 1:
+    workers = min(n, H)
+    if workers <= 1:
         with torch.no_grad():
-            for h in range(H):
-                fn(h)
+            fn(range(H))
         return
 
-    def work(heads: list[int]) -> None:
+    def work(heads: range) -> None:
         torch.set_num_threads(1)  # this worker's ops: single-threaded
         with torch.no_grad():
-            for h in heads:
-                fn(h)
+            fn(heads)
 
     try:
-        with ThreadPoolExecutor(max_workers=min(n, H)) as pool:
-            list(pool.map(work, [list(range(H))[i :: min(n, H)] for i in range(min(n, H))]))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, [range(H * i // workers, H * (i + 1) // workers) for i in range(workers)]))
     finally:
         torch.set_num_threads(n)
 
 
-def _ones_column(v: torch.Tensor) -> torch.Tensor:
-    """``[..., C, Dv] -> [..., C, Dv + 1]`` with a column of ones (the normaliser's value)."""
-    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+# ---------------------------------------------------------------------------------------------- causal
+
+
+def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
+    """``y_t = sum_{s<=t} (q_t . k_s) [v_s, 1]`` chunk by chunk; ``o = y[:Dv] / (y[Dv] + eps)``.
+
+    q, k ``[B, N*C, H, F]``, v ``[B, N*C, H, Dv]`` (any strides with a contiguous last axis), S0
+    ``[B, H, F, Dv+1]`` or None. Returns ``o [B, N*C, H, Dv]``, ``S_final [B, H, F, Dv+1]`` and, if ``save``,
+    what backward needs: the state before each chunk ``[H, B, N, F*(Dv+1)]``, the masked in-chunk scores
+    ``[H, B, N*C, C]`` and the normaliser plus eps ``[H, B, N*C]`` (None when eps is None).
+    """
+    B, T, H, Fd = q.shape
+    Dv = v.shape[-1]
+    N, D1 = T // C, Dv + 1
+    M = Fd * D1
+    o = v.new_empty(B, T, H, Dv)
+    S_final = v.new_empty(B, H, Fd, D1)
+    states = v.new_empty(H, B, N, M) if save else None
+    scores = v.new_empty(H, B, T, C) if save else None
+    norm = v.new_empty(H, B, T) if save and eps is not None else None
+    upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
+    blocks = _blocks(B, N, _block_rows(C, Fd, Dv, v.element_size()))
+    R = max((b1 - b0) * (n1 - n0) for b0, b1, n0, n1 in blocks)
+
+    def heads_fn(heads: range) -> None:
+        v1_ = v.new_ones(R, C, D1)  # values with the normaliser's column of ones
+        kv_ = v.new_empty(R, Fd, D1)
+        y_ = v.new_empty(R, C, D1)
+        st_ = None if save else v.new_empty(R, M)
+        A_ = None if save else v.new_empty(R, C, C)
+        for h in heads:
+            for b0, b1, n0, n1 in blocks:
+                bb, n, t0, t1 = b1 - b0, n1 - n0, n0 * C, n1 * C
+                r = bb * n
+                qh, kh = q[b0:b1, t0:t1, h].reshape(r, C, Fd), k[b0:b1, t0:t1, h].reshape(r, C, Fd)
+                v1, kv, y = v1_[:r], kv_[:r], y_[:r]
+                v1[..., :Dv] = v[b0:b1, t0:t1, h].reshape(r, C, Dv)
+                torch.bmm(kh.transpose(1, 2), v1, out=kv)  # each chunk's addition to the state
+                if n0 == 0:
+                    carry = v.new_zeros(bb, M) if S0 is None else S0[b0:b1, h].reshape(bb, M)
+                st = states[h, b0:b1, n0:n1] if save else st_[:r].view(bb, n, M)
+                carry = _scan(kv.view(bb, n, M), st, carry)
+                if n1 == N:
+                    S_final[b0:b1, h] = carry.view(bb, Fd, D1)
+                A = scores[h, b0:b1, t0:t1].view(r, C, C) if save else A_[:r]
+                torch.bmm(qh, kh.transpose(1, 2), out=A).masked_fill_(upper, 0.0)
+                torch.bmm(A, v1, out=y).baddbmm_(qh, st.reshape(r, Fd, D1))
+                oh = o[b0:b1, t0:t1, h].view(r, C, Dv)
+                if eps is None:
+                    oh.copy_(y[..., :Dv])
+                else:
+                    den = y[..., Dv:].add_(eps)
+                    torch.div(y[..., :Dv], den, out=oh)
+                    if save:
+                        norm[h, b0:b1, t0:t1].view(r, C).copy_(den[..., 0])
+
+    _per_head(heads_fn, H)
+    return o, S_final, states, scores, norm
 
 
 class _CausalChunk(torch.autograd.Function):
-    """Unnormalised causal linear attention with a ones column: ``y_t = sum_{s<=t} (q_t.k_s) [v_s, 1]``.
-
-    q, k ``[B, N*C, H, F]`` and v ``[B, N*C, H, Dv]`` (any strides with a contiguous last axis), S0
-    ``[B, H, F, Dv+1]`` or None. Returns the numerator ``[H, B*N, C, Dv]``, the normaliser ``[H, B*N, C]``
-    (views of one buffer) and the final state ``[B, H, F, Dv+1]``.
-    """
+    """Causal chunked linear attention, normalised (``eps`` a number) or not (``eps`` None): see
+    ``_causal_forward``. Gradients reach q, k, v and the initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, S0, C):
+    def forward(ctx, q, k, v, S0, C, eps):
+        o, S_final, states, scores, norm = _causal_forward(q, k, v, S0, C, eps, save=True)
+        ctx.save_for_backward(q, k, v, states, scores, norm, o)
+        ctx.C, ctx.eps, ctx.has_init = C, eps, S0 is not None
+        return o, S_final
+
+    @staticmethod
+    def backward(ctx, do, dS_final):
+        q, k, v, states, scores, norm, o = ctx.saved_tensors
+        C, eps = ctx.C, ctx.eps
         B, T, H, Fd = q.shape
         Dv = v.shape[-1]
         N, D1 = T // C, Dv + 1
-        y = v.new_empty(H, B * N, C, D1)
-        S_final = v.new_empty(B, H, Fd, D1)
-        states = v.new_empty(H, B * N, Fd, D1)  # the state before each chunk, kept for backward
-        scores = v.new_empty(H, B * N, C, C)  # masked q k^T within each chunk, kept for backward
+        M = Fd * D1
+        dq, dk = q.new_empty(H, B, T, Fd), k.new_empty(H, B, T, Fd)
+        dv = v.new_empty(H, B, T, Dv)
+        dS0 = v.new_empty(B, H, Fd, D1) if ctx.has_init else None
+        if do is None:
+            do = v.new_zeros(B, T, H, Dv)
         upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
+        blocks = _blocks(B, N, _block_rows(C, Fd, Dv, v.element_size()))[::-1]  # last chunks first
+        R = max((b1 - b0) * (n1 - n0) for b0, b1, n0, n1 in blocks)
 
-        def head(h: int) -> None:
-            qh, kh = q[:, :, h].reshape(B * N, C, Fd), k[:, :, h].reshape(B * N, C, Fd)
-            v1 = _ones_column(v[:, :, h].reshape(B * N, C, Dv))
-            kv = torch.bmm(kh.transpose(1, 2), v1).view(B, N, Fd * D1)  # each chunk's addition to the state
-            init = None if S0 is None else S0[:, h].reshape(B, Fd * D1)
-            before, total = _scan(kv, init)
-            states[h] = before.view(B * N, Fd, D1)
-            S_final[:, h] = total.view(B, Fd, D1)
-            A = torch.bmm(qh, kh.transpose(1, 2), out=scores[h]).masked_fill_(upper, 0.0)  # [B*N, C, C]
-            torch.baddbmm(torch.bmm(A, v1), qh, before.view(B * N, Fd, D1), out=y[h])
+        def heads_fn(heads: range) -> None:
+            v1_ = v.new_ones(R, C, D1)
+            dy_ = v.new_empty(R, C, D1)  # gradient of [numerator, normaliser]
+            qdy_ = v.new_empty(R, Fd, D1)
+            after_ = v.new_empty(R, Fd, D1)  # gradient reaching each chunk's state from the chunks after it
+            P_ = v.new_empty(R, C, C)
+            for h in heads:
+                for b0, b1, n0, n1 in blocks:
+                    bb, n, t0, t1 = b1 - b0, n1 - n0, n0 * C, n1 * C
+                    r = bb * n
+                    qh, kh = q[b0:b1, t0:t1, h].reshape(r, C, Fd), k[b0:b1, t0:t1, h].reshape(r, C, Fd)
+                    doh = do[b0:b1, t0:t1, h].reshape(r, C, Dv)
+                    v1, dy, qdy, after, P = v1_[:r], dy_[:r], qdy_[:r], after_[:r], P_[:r]
+                    if eps is None:
+                        dy[..., :Dv] = doh
+                        dy[..., Dv].zero_()
+                    else:  # o = num / den: dnum = do / den, dden = -(do . o) / den
+                        inv = norm[h, b0:b1, t0:t1].reshape(r, C, 1).reciprocal()
+                        torch.mul(doh, o[b0:b1, t0:t1, h].reshape(r, C, Dv), out=dy[..., :Dv])
+                        torch.sum(dy[..., :Dv], -1, out=dy[..., Dv]).mul_(inv[..., 0]).neg_()
+                        torch.mul(doh, inv, out=dy[..., :Dv])
+                    torch.bmm(qh.transpose(1, 2), dy, out=qdy)
+                    if n1 == N:
+                        carry = v.new_zeros(bb, M) if dS_final is None else dS_final[b0:b1, h].reshape(bb, M)
+                    carry = _scan(qdy.view(bb, n, M), after.view(bb, n, M), carry, reverse=True)
+                    if n0 == 0 and dS0 is not None:
+                        dS0[b0:b1, h] = carry.view(bb, Fd, D1)
+                    v1[..., :Dv] = v[b0:b1, t0:t1, h].reshape(r, C, Dv)
+                    torch.bmm(dy, v1.transpose(1, 2), out=P).masked_fill_(upper, 0.0)  # dL/dA within the chunk
+                    before = states[h, b0:b1, n0:n1].reshape(r, Fd, D1)
+                    A = scores[h, b0:b1, t0:t1].view(r, C, C)
+                    dqh, dkh = dq[h, b0:b1, t0:t1].view(r, C, Fd), dk[h, b0:b1, t0:t1].view(r, C, Fd)
+                    torch.bmm(P, kh, out=dqh).baddbmm_(dy, before.transpose(1, 2))
+                    torch.bmm(P.transpose(1, 2), qh, out=dkh).baddbmm_(v1, after.transpose(1, 2))
+                    dvh = dv[h, b0:b1, t0:t1].view(r, C, Dv)
+                    torch.bmm(A.transpose(1, 2), dy[..., :Dv], out=dvh).baddbmm_(kh, after[..., :Dv])
 
-        _per_head(head, H)
-        ctx.save_for_backward(q, k, v, states, scores)
-        ctx.C, ctx.has_init = C, S0 is not None
-        return y[..., :Dv], y[..., Dv], S_final
+        _per_head(heads_fn, H)
 
-    @staticmethod
-    def backward(ctx, dnum, dden, dS_final):
-        q, k, v, states, scores = ctx.saved_tensors
-        C = ctx.C
-        B, T, H, Fd = q.shape
-        Dv = v.shape[-1]
-        N, D1 = T // C, Dv + 1
-        dq, dk = q.new_empty(H, B * N, C, Fd), k.new_empty(H, B * N, C, Fd)
-        dv = v.new_empty(H, B * N, C, Dv)
-        dS0 = states.new_empty(B, H, Fd, D1) if ctx.has_init else None
-        if dnum is None:
-            dnum = v.new_zeros(H, B * N, C, Dv)
-        if dden is None:
-            dden = v.new_zeros(H, B * N, C)
-        upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
+        def natural(x: torch.Tensor) -> torch.Tensor:  # [H, B, T, X] -> [B, T, H, X] view
+            return x.permute(1, 2, 0, 3)
 
-        def head(h: int) -> None:
-            qh, kh = q[:, :, h].reshape(B * N, C, Fd), k[:, :, h].reshape(B * N, C, Fd)
-            v1 = _ones_column(v[:, :, h].reshape(B * N, C, Dv))
-            dyh = torch.cat([dnum[h], dden[h][..., None]], dim=-1)  # [B*N, C, Dv+1]
-            before = states[h]
-            # gradient reaching each chunk's state from the chunks after it (and from the final state)
-            qdy = torch.bmm(qh.transpose(1, 2), dyh).view(B, N, Fd * D1)
-            init = None if dS_final is None else dS_final[:, h].reshape(B, Fd * D1)
-            after, total = _scan(qdy, init, reverse=True)
-            after = after.view(B * N, Fd, D1)
-            if dS0 is not None:
-                dS0[:, h] = total.view(B, Fd, D1)
-            A = scores[h]
-            P = torch.bmm(dyh, v1.transpose(1, 2)).masked_fill_(upper, 0.0)  # dL/dA within the chunk
-            torch.baddbmm(torch.bmm(P, kh), dyh, before.transpose(1, 2), out=dq[h])
-            torch.baddbmm(torch.bmm(P.transpose(1, 2), qh), v1, after.transpose(1, 2), out=dk[h])
-            torch.baddbmm(torch.bmm(A.transpose(1, 2), dyh[..., :Dv]), kh, after[..., :Dv], out=dv[h])
-
-        _per_head(head, H)
-
-        def head_major(x: torch.Tensor) -> torch.Tensor:  # [H, B*N, C, X] -> [B, T, H, X] view
-            return x.view(H, B, T, x.shape[-1]).permute(1, 2, 0, 3)
-
-        return head_major(dq), head_major(dk), head_major(dv), dS0, None
+        return natural(dq), natural(dk), natural(dv), dS0, None, None
