@@ -31,15 +31,21 @@ def _monomials(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """Compact degree-p features of ``x [..., d]``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> = (x.y)^p``."""
+    """Compact degree-p features of ``x [..., d]``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> = (x.y)^p``.
+
+    Built degree by degree in the order of ``_monomials``: the degree-p products starting with index i are
+    ``x_i`` times the degree-(p-1) products of indices >= i, which are a suffix of the degree-(p-1) list. This
+    is d slices and one concatenation per degree; gathering with an index tensor instead ran 2x slower forward
+    and backward (its backward is an accumulating index_put).
+    """
     if degree == 0:
         return x.new_ones(*x.shape[:-1], 1)
-    idx, coef = _monomials(x.shape[-1], degree)
-    idx = idx.to(x.device)
-    out = x[..., idx[:, 0]]
-    for j in range(1, degree):
-        out = out * x[..., idx[:, j]]
-    return out * coef.to(device=x.device, dtype=x.dtype)
+    d = x.shape[-1]
+    feats = x
+    for p in range(2, degree + 1):
+        n = feats.shape[-1]
+        feats = torch.cat([x[..., i : i + 1] * feats[..., n - num_monomials(d - i, p - 1) :] for i in range(d)], -1)
+    return feats * _monomials(d, degree)[1].to(device=x.device, dtype=x.dtype)
 
 
 def num_monomials(dim: int, degree: int) -> int:
