@@ -54,7 +54,7 @@ PRESETS: dict[str, dict] = {
         # forward at 1k) is timed only as the decode step
         max_len={"quadratic": 4 * K, "recurrent": 0},
         decode_lengths=[1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], decode_steps=200,
-        models=dict(batch=4, mqar_len=512, lm_len=1024, steps=3, warmup=1),
+        models=dict(batch=4, mqar_len=512, lm_len=1024, steps=7, warmup=2),
     ),
     # A lent GPU: bf16, more heads and batch so the GPU has work, T up to 16k; fla's Triton kernels beside ours.
     "gpu": dict(
