@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
     # What `make bench` runs: 2-core CPU, fp32, the ReBased shape (B=1, H=8, d=16 -> 136 features, Dv=64).
     "cpu": dict(
         device="cpu", dtype="float32", batch=1, heads=8, head_dim=16, head_dim_v=64, softmax_head_dim=64,
-        chunk_size=64, lengths=[1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], warmup=1, repeats=3,
+        chunk_size=64, lengths=[1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], warmup=1, repeats=5,
         budget_s=8.0,  # a call slower than this is measured once and the case stops growing T
         # T x T scores: 0.5 GiB per copy at 4k, H=8; the per-token recurrent form (a Python loop over T, 36 s
         # forward at 1k) is timed only as the decode step
