@@ -113,9 +113,10 @@ def _scan(x: torch.Tensor, out: torch.Tensor, carry: torch.Tensor, reverse: bool
 
 
 def _per_head(fn, H: int) -> None:
-    """Run ``fn(heads)`` over all heads. With several torch threads, the heads are split over as many Python
-    threads, each running its ops single-threaded: the small ops need no OpenMP barrier, which on a busy
-    (oversubscribed) machine stalled each op on a descheduled thread."""
+    """Run ``fn(heads)`` over all heads. With several torch threads, the heads go one at a time to as many
+    Python threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
+    oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
+    fewer heads instead of holding up the rest."""
     n = torch.get_num_threads()
     workers = min(n, H)
     if workers <= 1:
@@ -123,19 +124,16 @@ def _per_head(fn, H: int) -> None:
             fn(range(H))
         return
 
-    def work(heads: range) -> None:
+    def work(h: int) -> None:
         torch.set_num_threads(1)  # this worker's ops: single-threaded
         with torch.no_grad():
-            fn(heads)
+            fn(range(h, h + 1))
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, [range(H * i // workers, H * (i + 1) // workers) for i in range(workers)]))
+            list(pool.map(work, range(H)))
     finally:
         torch.set_num_threads(n)
-
-
-# ---------------------------------------------------------------------------------------------- causal
 
 
 def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
