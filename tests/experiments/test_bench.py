@@ -42,6 +42,31 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path):
     assert (tmp_path / "smoke_kernels.png").stat().st_size > 0 and (tmp_path / "smoke_decode.png").exists()
 
 
+def test_memory_probes_run_after_every_timing(tmp_path, monkeypatch):
+    """The in-process memory probe changes glibc's mmap threshold: it must not run before any timed call."""
+    events = []
+    real_timed, real_peak = bench.timed, bench.peak_memory_mb
+
+    def timed(*a, **k):
+        events.append("time")
+        return real_timed(*a, **k)
+
+    def peak(fn, device):
+        events.append("memory")
+        return real_peak(fn, device)
+
+    monkeypatch.setattr(bench, "timed", timed)
+    monkeypatch.setattr(bench, "peak_memory_mb", peak)
+    argv = ["--preset", "smoke", "--out", str(tmp_path), "--sections", "kernels,decode,models"]
+    assert bench.main(argv + ["--cases", "SDPA,rebased chunk", "--lengths", "32,64"]) == 0
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    measured = [r for r in result["kernels"] if "seconds" in r] + result["models"]
+    assert events.count("memory") == len(measured) > 0
+    assert "time" not in events[events.index("memory") :]
+    if os.path.exists("/proc/self/clear_refs"):  # every timed cell got its memory number
+        assert all(r["peak_mb"] is not None for r in measured)
+
+
 def test_flop_counts_scale_as_the_forms_do():
     B, H, F, dv, C = 1, 8, 136, 64, 64
     for T in (1024, 4096):

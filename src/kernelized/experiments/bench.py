@@ -357,25 +357,34 @@ def _fla_cases(p: dict, features, raw, chunk_flops, d: int, dv: int, quad_max: i
     return out
 
 
-def run_kernels(p: dict, cases: list[Case], lengths: list[int], rate: float) -> list[dict]:
-    """Time and measure every case at every length; a case over budget or past its max_len stops growing."""
+def _kernel_calls(fn: Callable, inputs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The two timed calls of a kernel case: forward without autograd, and forward + gradients of the sum."""
+    need_grad = [x for x in inputs if x.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def fwd_bwd():
+        return torch.autograd.grad(fn(*inputs).float().sum(), need_grad)
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+
+
+def run_kernels(p: dict, cases: list[Case], lengths: list[int], rate: float, probes: list | None = None) -> list[dict]:
+    """Time every case at every length; a case over budget or past its max_len stops growing.
+
+    In-process peak memory is not measured here: each timed cell appends to ``probes`` a function that measures
+    it (on fresh inputs), for the caller to run after all timings. The probe changes glibc's mmap threshold,
+    which would otherwise change the allocator under every later timing.
+    """
     device, rows = p["device"], []
     stopped: dict[tuple[str, str], str] = {}
     bar = tqdm(total=len(cases) * len(lengths) * 2, desc="kernels", leave=False)
     for case in cases:
         for T in lengths:
-            fn, inputs = case.make(T)
-            need_grad = [x for x in inputs if x.requires_grad]
-
-            def fwd(fn=fn, inputs=inputs):
-                with torch.no_grad():
-                    return fn(*inputs)
-
-            def fwd_bwd(fn=fn, inputs=inputs, need_grad=need_grad):
-                out = fn(*inputs)
-                return torch.autograd.grad(out.float().sum(), need_grad)
-
-            for mode, call in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            calls = _kernel_calls(*case.make(T))
+            for mode, call in calls.items():
                 bar.update(1)
                 row = dict(case=case.name, impl=case.impl, form=case.form, T=T, mode=mode)
                 flops = case.flops(T) * (3 if mode == "fwd+bwd" else 1)
@@ -388,17 +397,18 @@ def run_kernels(p: dict, cases: list[Case], lengths: list[int], rate: float) -> 
                     continue
                 try:
                     seconds, n = timed(call, device, p["warmup"], p["repeats"], p["budget_s"])
-                    mem = peak_memory_mb(call, device)
                 except (RuntimeError, MemoryError) as e:  # e.g. out of memory at the longest lengths
                     stopped[(case.name, mode)] = f"failed at T={T}: {type(e).__name__}"
                     rows.append(row | dict(skipped=stopped[(case.name, mode)]))
                     continue
                 if n == 1:
                     stopped[(case.name, mode)] = f"T={T} took {seconds:.1f} s > budget {p['budget_s']} s"
-                rows.append(
-                    row | dict(seconds=seconds, timed_calls=n, peak_mb=mem, fraction_of_matmul=flops / seconds / rate)
-                )
-            del fn, inputs
+                row |= dict(seconds=seconds, timed_calls=n, peak_mb=None, fraction_of_matmul=flops / seconds / rate)
+                rows.append(row)
+                if probes is not None:
+                    probes.append(lambda row=row, case=case, T=T, mode=mode: row.update(
+                        peak_mb=peak_memory_mb(_kernel_calls(*case.make(T))[mode], device)))  # fmt: skip
+            del calls
     bar.close()
     return rows
 
@@ -450,9 +460,12 @@ def _time_softmax_step(q1, cache, p: dict) -> float:
     return timed(step, p["device"], warmup=10, repeats=p["decode_steps"], budget_s=math.inf)[0]
 
 
-def run_models(p: dict) -> list[dict]:
+def run_models(p: dict, probes: list | None = None) -> list[dict]:
     """Training tokens/s and peak memory of two small models per mixer: MQAR-like (two blocks, BaseConv then the
-    mixer, no MLP) and LM-like (six blocks alternating BaseConv and the mixer, SwiGLU MLPs), AdamW steps."""
+    mixer, no MLP) and LM-like (six blocks alternating BaseConv and the mixer, SwiGLU MLPs), AdamW steps.
+
+    Peak memory, as in ``run_kernels``, is measured by functions appended to ``probes`` (a fresh model each).
+    """
     from kernelized.models import LanguageModel, ModelConfig
 
     m = p["models"]
@@ -470,29 +483,41 @@ def run_models(p: dict) -> list[dict]:
         "mqar": (m["mqar_len"], [{"mixer": conv, "mlp": None}, {"mixer": None, "mlp": None}]),
         "lm": (m["lm_len"], [{"mixer": conv if i % 2 == 0 else None, "mlp": "swiglu"} for i in range(6)]),
     }
+
+    def make_step(T: int, layout: list[dict], spec: dict) -> tuple[Callable[[], None], int]:
+        """One AdamW training step on random tokens of a freshly built model, and the model's parameter count."""
+        blocks = [dict(b, mixer=b["mixer"] or spec) for b in layout]
+        torch.manual_seed(0)
+        model = LanguageModel(ModelConfig(vocab_size=vocab, d_model=d_model, blocks=blocks, max_len=T)).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        tokens = torch.randint(0, vocab, (m["batch"], T + 1), device=device)
+
+        def step():
+            logits = model(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step, sum(x.numel() for x in model.parameters())
+
     rows = []
     for model_name, (T, layout) in shapes.items():
         for mixer_name, spec in tqdm(mixers.items(), desc=f"models ({model_name})", leave=False):
-            blocks = [dict(b, mixer=b["mixer"] or spec) for b in layout]
-            cfg = ModelConfig(vocab_size=vocab, d_model=d_model, blocks=blocks, max_len=T)
-            torch.manual_seed(0)
-            model = LanguageModel(cfg).to(device)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            tokens = torch.randint(0, vocab, (m["batch"], T + 1), device=device)
-
-            def step(model=model, opt=opt, tokens=tokens):
-                logits = model(tokens[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
+            step, params = make_step(T, layout, spec)
             seconds, _ = timed(step, device, m["warmup"], m["steps"], budget_s=math.inf)
-            mem = peak_memory_mb(step, device)
-            rows.append(dict(model=model_name, mixer=mixer_name, T=T, batch=m["batch"], d_model=d_model,
-                             params=sum(x.numel() for x in model.parameters()), step_s=seconds,
-                             tokens_per_s=m["batch"] * T / seconds, peak_mb=mem))  # fmt: skip
-            del model, opt
+            row = dict(model=model_name, mixer=mixer_name, T=T, batch=m["batch"], d_model=d_model, params=params,
+                       step_s=seconds, tokens_per_s=m["batch"] * T / seconds, peak_mb=None)  # fmt: skip
+            rows.append(row)
+            if probes is not None:
+
+                def probe(row=row, T=T, layout=layout, spec=spec):
+                    step, _ = make_step(T, layout, spec)
+                    step()  # optimizer state and lazy buffers exist before the measured step, as when timed
+                    row["peak_mb"] = peak_memory_mb(step, device)
+
+                probes.append(probe)
+            del step
     return rows
 
 
@@ -739,12 +764,13 @@ def main(argv: list[str] | None = None) -> int:
     result = dict(preset_name=stem, preset=p, environment=env, matmul_rate=rate,
                   command="kernelized bench " + " ".join(argv if argv is not None else sys.argv[1:]))  # fmt: skip
     result["kernels"], result["memory"], result["decode"], result["models"] = [], [], [], []
+    probes: list[Callable[[], None]] = []  # in-process peak-memory measurements, run after every timing
     if "kernels" in sections:
         cases = build_cases(p)
         if args.cases:
             wanted = [w.strip() for w in args.cases.split(",")]
             cases = [c for c in cases if any(w in c.name for w in wanted)]
-        result["kernels"] = run_kernels(p, cases, p["lengths"], rate)
+        result["kernels"] = run_kernels(p, cases, p["lengths"], rate, probes)
     if "memory" in sections:
         for T in tqdm(p["lengths"], desc="memory (fresh processes)", leave=False):
             result["memory"].append(
@@ -753,7 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     if "decode" in sections:
         result["decode"] = run_decode(p, rate)
     if "models" in sections:
-        result["models"] = run_models(p)
+        result["models"] = run_models(p, probes)
+    for probe in tqdm(probes, desc="peak memory (in-process, after all timings)", leave=False):
+        try:
+            probe()
+        except (RuntimeError, MemoryError) as e:  # the cell keeps its time; its memory stays unmeasured
+            print(f"note: a peak-memory probe failed ({type(e).__name__})", file=sys.stderr)
     env["load_after"] = _load()
     result["targets"] = targets(result["kernels"], result["decode"], memory_rows=result["memory"])
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
