@@ -406,8 +406,11 @@ def run_kernels(p: dict, cases: list[Case], lengths: list[int], rate: float, pro
                 row |= dict(seconds=seconds, timed_calls=n, peak_mb=None, fraction_of_matmul=flops / seconds / rate)
                 rows.append(row)
                 if probes is not None:
-                    probes.append(lambda row=row, case=case, T=T, mode=mode: row.update(
-                        peak_mb=peak_memory_mb(_kernel_calls(*case.make(T))[mode], device)))  # fmt: skip
+
+                    def probe(row=row, case=case, T=T, mode=mode):
+                        row["peak_mb"] = peak_memory_mb(_kernel_calls(*case.make(T))[mode], device)
+
+                    probes.append(probe)
             del calls
     bar.close()
     return rows

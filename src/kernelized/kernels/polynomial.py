@@ -21,19 +21,20 @@ from kernelized.kernels.registry import register
 
 
 @cache
-def _monomials(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index tuples ``[F, degree]`` and coefficients ``sqrt(multinomial)`` ``[F]`` (float64)."""
-    combos = list(itertools.combinations_with_replacement(range(dim), degree))
+def _coefficients(dim: int, degree: int) -> torch.Tensor:
+    """``sqrt(multinomial)`` of each degree-p monomial ``[F]`` (float64), in the order of
+    ``itertools.combinations_with_replacement(range(dim), degree)``."""
+    combos = itertools.combinations_with_replacement(range(dim), degree)
     coef = [
         math.sqrt(math.factorial(degree) / math.prod(math.factorial(c) for c in Counter(t).values())) for t in combos
     ]
-    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), degree), torch.tensor(coef, dtype=torch.float64)
+    return torch.tensor(coef, dtype=torch.float64)
 
 
 def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     """Compact degree-p features of ``x [..., d]``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> = (x.y)^p``.
 
-    Built degree by degree in the order of ``_monomials``: the degree-p products starting with index i are
+    Built degree by degree in the order of ``_coefficients``: the degree-p products starting with index i are
     ``x_i`` times the degree-(p-1) products of indices >= i, which are a suffix of the degree-(p-1) list. This
     is d slices and one concatenation per degree; gathering with an index tensor instead ran 2x slower forward
     and backward (its backward is an accumulating index_put).
@@ -45,7 +46,7 @@ def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     for p in range(2, degree + 1):
         n = feats.shape[-1]
         feats = torch.cat([x[..., i : i + 1] * feats[..., n - num_monomials(d - i, p - 1) :] for i in range(d)], -1)
-    return feats * _monomials(d, degree)[1].to(device=x.device, dtype=x.dtype)
+    return feats * _coefficients(d, degree).to(device=x.device, dtype=x.dtype)
 
 
 def num_monomials(dim: int, degree: int) -> int:

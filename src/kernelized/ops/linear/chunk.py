@@ -83,10 +83,13 @@ def _blocks(B: int, N: int, rows: int) -> list[tuple[int, int, int, int]]:
     return [(b0, min(b0 + per, B), 0, N) for b0 in range(0, B, per)]
 
 
-def _block_rows(C: int, Fd: int, Dv: int, itemsize: int) -> int:
-    """Chunks per block: q, k, v, output, scores and state of one chunk, about ``BLOCK_BYTES`` in all."""
-    per_chunk = (C * (2 * Fd + 2 * (Dv + 1) + C) + Fd * (Dv + 1)) * itemsize
-    return max(1, int(BLOCK_BYTES // per_chunk))
+def _plan(B: int, N: int, C: int, Fd: int, Dv: int, v: torch.Tensor) -> tuple[list, int, torch.Tensor]:
+    """The blocks of chunks (about ``BLOCK_BYTES`` of q, k, v, output, scores and state each), the most chunks
+    in one block, and the ``[C, C]`` mask of future positions within a chunk."""
+    per_chunk = (C * (2 * Fd + 2 * (Dv + 1) + C) + Fd * (Dv + 1)) * v.element_size()
+    blocks = _blocks(B, N, max(1, int(BLOCK_BYTES // per_chunk)))
+    rows = max((b1 - b0) * (n1 - n0) for b0, b1, n0, n1 in blocks)
+    return blocks, rows, torch.ones(C, C, dtype=torch.bool, device=v.device).triu_(1)
 
 
 _TRIANGLES: dict = {}
@@ -153,9 +156,7 @@ def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
     states = v.new_empty(H, B, N, M) if save else None
     scores = v.new_empty(H, B, T, C) if save else None
     norm = v.new_empty(H, B, T) if save and eps is not None else None
-    upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
-    blocks = _blocks(B, N, _block_rows(C, Fd, Dv, v.element_size()))
-    R = max((b1 - b0) * (n1 - n0) for b0, b1, n0, n1 in blocks)
+    blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
 
     def heads_fn(heads: range) -> None:
         v1_ = v.new_ones(R, C, D1)  # values with the normaliser's column of ones
@@ -217,9 +218,8 @@ class _CausalChunk(torch.autograd.Function):
         dS0 = v.new_empty(B, H, Fd, D1) if ctx.has_init else None
         if do is None:
             do = v.new_zeros(B, T, H, Dv)
-        upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu_(1)
-        blocks = _blocks(B, N, _block_rows(C, Fd, Dv, v.element_size()))[::-1]  # last chunks first
-        R = max((b1 - b0) * (n1 - n0) for b0, b1, n0, n1 in blocks)
+        blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
+        blocks = blocks[::-1]  # last chunks first
 
         def heads_fn(heads: range) -> None:
             v1_ = v.new_ones(R, C, D1)
