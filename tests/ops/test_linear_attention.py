@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernelized import kernels, ops
+from kernelized.ops import cpu
 from kernelized.ops.linear import chunk as chunk_module
 from tests.conftest import assert_close
 
@@ -30,10 +31,20 @@ def _run(mode, q, k, v, **kw):
     return ops.linear_attention(q, k, v, mode=mode, output_final_state=True, chunk_size=16, **kw)
 
 
+@pytest.fixture(params=["compiled", "pytorch"])
+def chunk_path(request, monkeypatch):
+    """The chunk form's two CPU paths: the compiled kernels (where they build) and the PyTorch fallback."""
+    if request.param == "pytorch":
+        monkeypatch.setenv("KERNELIZED_DISABLE_CPU_KERNELS", "1")
+    elif cpu.disabled() or cpu.library() is None:
+        pytest.skip("no compiled CPU kernels here")
+    return request.param
+
+
 @pytest.mark.parametrize("T", [1, 63, 100, 1000])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_forms_agree_in_outputs_states_and_gradients(T, causal, normalize, nan_poison):
+def test_forms_agree_in_outputs_states_and_gradients(T, causal, normalize, chunk_path, nan_poison):
     B, H, F, Dv = (1, 2, 5, 3) if T == 1000 else (2, 3, 10, 7)  # head dims that are not powers of two
     q, k, v = _inputs(B, T, H, F, Dv, requires_grad=True)
     S0, z0 = _state(B, H, F, Dv, requires_grad=True)
@@ -157,6 +168,7 @@ def test_chunk_blocks_carry_state_across_block_and_sequence_boundaries(block_byt
     or several sequences per block): every block size gives the parallel form's outputs, states and gradients,
     with and without autograd, on more than one thread."""
     monkeypatch.setattr(chunk_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setenv("KERNELIZED_DISABLE_CPU_KERNELS", "1")  # the blocks are the PyTorch path's
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # heads split over two worker threads
     try:

@@ -17,6 +17,12 @@ The causal path is one autograd Function tuned for CPUs (2-core measurements in 
   q); a forward without autograd keeps neither;
 - with several torch threads, heads run on as many Python threads with single-threaded ops (no OpenMP
   barrier per small op, which stalls on a busy machine).
+
+Where the compiled CPU kernels build (``kernelized.ops.cpu``, plain C++ on torch's BLAS), float32/float64 CPU
+inputs go to them instead: the same algorithm per (batch, head) sequence with the state updated in place in
+cache, each product one gemm on the caller's rows, and masks, normalisation and the normaliser's rank-one terms
+fused. They save the same tensors in the same layout, so either backward can follow either forward; the
+PyTorch path below stays as the fallback and the readable statement of the algorithm.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+
+from kernelized.ops import cpu as _cpu
 
 BLOCK_BYTES = 2.5 * 2**20  # working set of one block of chunks (see the module docstring)
 
@@ -115,26 +123,26 @@ def _scan(x: torch.Tensor, out: torch.Tensor, carry: torch.Tensor, reverse: bool
     return out[:, last] + x[:, last]
 
 
-def _per_head(fn, H: int) -> None:
-    """Run ``fn(heads)`` over all heads. With several torch threads, the heads go one at a time to as many
-    Python threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
-    oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
-    fewer heads instead of holding up the rest."""
+def _parallel(fn, n_items: int) -> None:
+    """Run ``fn(items)`` over ``range(n_items)`` (heads, or (batch, head) pairs). With several torch threads, the
+    items go one at a time to as many Python threads, each running its ops single-threaded: the small ops need
+    no OpenMP barrier (which on a busy, oversubscribed machine stalled each op on a descheduled thread), and a
+    thread slowed by other load takes fewer items instead of holding up the rest."""
     n = torch.get_num_threads()
-    workers = min(n, H)
+    workers = min(n, n_items)
     if workers <= 1:
         with torch.no_grad():
-            fn(range(H))
+            fn(range(n_items))
         return
 
-    def work(h: int) -> None:
+    def work(i: int) -> None:
         torch.set_num_threads(1)  # this worker's ops: single-threaded
         with torch.no_grad():
-            fn(range(h, h + 1))
+            fn(range(i, i + 1))
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(H)))
+            list(pool.map(work, range(n_items)))
     finally:
         torch.set_num_threads(n)
 
@@ -156,6 +164,9 @@ def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
     states = v.new_empty(H, B, N, M) if save else None
     scores = v.new_empty(H, B, T, C) if save else None
     norm = v.new_empty(H, B, T) if save and eps is not None else None
+    if _cpu.usable(q, k, v):
+        _compiled_forward(q, k, v, S0, C, eps, o, S_final, states, scores, norm)
+        return o, S_final, states, scores, norm
     blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
 
     def heads_fn(heads: range) -> None:
@@ -190,7 +201,7 @@ def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
                     if save:
                         norm[h, b0:b1, t0:t1].view(r, C).copy_(den[..., 0])
 
-    _per_head(heads_fn, H)
+    _parallel(heads_fn, H)
     return o, S_final, states, scores, norm
 
 
@@ -218,6 +229,9 @@ class _CausalChunk(torch.autograd.Function):
         dS0 = v.new_empty(B, H, Fd, D1) if ctx.has_init else None
         if do is None:
             do = v.new_zeros(B, T, H, Dv)
+        if _cpu.usable(q, k, v, do):
+            dq, dk, dv, dS0 = _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C, eps, dS0)
+            return dq, dk, dv, dS0, None, None
         blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
         blocks = blocks[::-1]  # last chunks first
 
@@ -258,9 +272,60 @@ class _CausalChunk(torch.autograd.Function):
                     dvh = dv[h, b0:b1, t0:t1].view(r, C, Dv)
                     torch.bmm(A.transpose(1, 2), dy[..., :Dv], out=dvh).baddbmm_(kh, after[..., :Dv])
 
-        _per_head(heads_fn, H)
+        _parallel(heads_fn, H)
 
         def natural(x: torch.Tensor) -> torch.Tensor:  # [H, B, T, X] -> [B, T, H, X] view
             return x.permute(1, 2, 0, 3)
 
         return natural(dq), natural(dk), natural(dv), dS0, None, None
+
+
+# ---------------------------------------------------------------------------------------------- compiled path
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, H, X]`` with unit-stride rows that BLAS can read (a copy only for odd layouts)."""
+    return x if x.stride(-1) == 1 and x.stride(1) >= x.shape[-1] and x.stride(1) > 0 else x.contiguous()
+
+
+def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states, scores, norm) -> None:
+    """``_causal_forward`` by the compiled kernel, one (batch, head) sequence per call, into the given outputs."""
+    B, T, H, Fd = q.shape
+    Dv = v.shape[-1]
+    lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
+    fn, gemm = lib.chunk_forward[key], lib.gemm[key]
+    q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
+    rows, at = _cpu.rows, _cpu.at
+
+    def pairs(items: range) -> None:
+        for i in items:
+            b, h = divmod(i, H)
+            fn(gemm, *rows(q[b, :, h]), *rows(k[b, :, h]), *rows(v[b, :, h]), at(S0, b, h), *rows(o[b, :, h]),
+               at(S_final, b, h), at(states, h, b), at(scores, h, b), at(norm, h, b),
+               T, Fd, Dv, C, int(eps is not None), 0.0 if eps is None else eps)  # fmt: skip
+
+    _parallel(pairs, B * H)
+
+
+def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, eps: float | None, dS0):
+    """``_CausalChunk.backward`` by the compiled kernel: ``dq, dk [B, T, H, F]``, ``dv [B, T, H, Dv]`` and dS0
+    (filled in if given) ``[B, H, F, Dv+1]``."""
+    B, T, H, Fd = q.shape
+    Dv = v.shape[-1]
+    lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
+    fn, gemm = lib.chunk_backward[key], lib.gemm[key]
+    q, k, v, do = _unit_rows(q), _unit_rows(k), _unit_rows(v), _unit_rows(do)
+    dS_final = None if dS_final is None else dS_final.contiguous()
+    dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
+    rows, at = _cpu.rows, _cpu.at
+
+    def pairs(items: range) -> None:
+        for i in items:
+            b, h = divmod(i, H)
+            fn(gemm, *rows(q[b, :, h]), *rows(k[b, :, h]), *rows(v[b, :, h]), *rows(do[b, :, h]), *rows(o[b, :, h]),
+               at(states, h, b), at(scores, h, b), at(norm, h, b), at(dS_final, b, h),
+               *rows(dq[b, :, h]), *rows(dk[b, :, h]), *rows(dv[b, :, h]), at(dS0, b, h),
+               T, Fd, Dv, C, int(eps is not None))  # fmt: skip
+
+    _parallel(pairs, B * H)
+    return dq, dk, dv, dS0

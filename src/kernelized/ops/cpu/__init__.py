@@ -1,0 +1,135 @@
+"""Compiled CPU kernels: plain C++ (``*.cpp`` beside this file, no torch headers) built on first use with the
+system's C++ compiler (about a second) and called through ctypes.
+
+BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
+to the kernels as function pointers, so nothing else is linked. ctypes releases the GIL during a call, so Python
+worker threads run kernels in parallel.
+
+Where there is no compiler, the build fails, or torch's library exports no BLAS, ``library()`` returns None (with
+one warning) and callers take their PyTorch path. ``KERNELIZED_DISABLE_CPU_KERNELS=1`` forces that path.
+Built libraries are cached under ``$KERNELIZED_CACHE`` (default ``~/.cache/kernelized``), keyed by the source,
+the compiler flags and the CPU, and written atomically.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+SOURCES = ("chunk.cpp",)
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def disabled() -> bool:
+    return os.environ.get("KERNELIZED_DISABLE_CPU_KERNELS", "") not in ("", "0")
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags (a cached build must not move to another CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    """Compile the sources into a shared library in the cache (reused when source, flags and CPU match)."""
+    here = Path(__file__).parent
+    paths = [here / name for name in SOURCES]
+    key = hashlib.sha256()
+    for part in (*[p.read_bytes() for p in paths], " ".join(FLAGS).encode(), compiler.encode(), _cpu_id().encode()):
+        key.update(part)
+    cache = Path(os.environ.get("KERNELIZED_CACHE", Path.home() / ".cache" / "kernelized")) / "cpu"
+    target = cache / f"kernels-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *FLAGS, *map(str, paths), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed:\n{proc.stderr[-2000:]}")
+        os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def _torch_blas() -> dict[str, int]:
+    """Addresses of ``sgemm_`` and ``dgemm_`` in torch's CPU library (KeyError/OSError if it has none)."""
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    return {
+        "f32": ctypes.cast(lib.sgemm_, ctypes.c_void_p).value,
+        "f64": ctypes.cast(lib.dgemm_, ctypes.c_void_p).value,
+    }
+
+
+_P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+_SIGNATURES = {  # see chunk.cpp; rows are (pointer, leading dimension) pairs
+    "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
+    "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
+                       _I, _I, _I, _I],
+}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> SimpleNamespace | None:
+    """The loaded kernels (``.chunk_forward[dtype]``, ``.gemm[dtype]``), or None where they cannot be had."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    try:
+        if compiler is None:
+            raise RuntimeError("no C++ compiler found (set CXX)")
+        gemm = _torch_blas()
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"kernelized: compiled CPU kernels unavailable, using the PyTorch path ({err})", stacklevel=2)
+        return None
+    ns = SimpleNamespace(gemm=gemm)
+    for name, argtypes in _SIGNATURES.items():
+        fns = {}
+        for suffix in DTYPES.values():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
+            fns[suffix] = fn
+        setattr(ns, name, fns)
+    return ns
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels can take these tensors: CPU, one dtype of float32/float64, not disabled."""
+    dtype = tensors[0].dtype
+    if disabled() or dtype not in DTYPES:
+        return False
+    if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+        return False
+    return library() is not None
+
+
+def rows(x: torch.Tensor) -> tuple[int, int]:
+    """``(pointer, leading dimension)`` of a ``[L, X]`` matrix view whose rows are unit-stride."""
+    assert x.dim() == 2 and x.stride(1) == 1 and x.stride(0) >= x.shape[1], (x.shape, x.stride())
+    return x.data_ptr(), x.stride(0)
+
+
+def at(x: torch.Tensor | None, *index: int) -> int | None:
+    """Data pointer of ``x[index]`` (which must be contiguous), or NULL when x is None."""
+    if x is None:
+        return None
+    part = x[index]
+    assert part.is_contiguous(), (x.shape, x.stride(), index)
+    return part.data_ptr()
