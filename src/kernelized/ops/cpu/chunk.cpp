@@ -36,40 +36,56 @@ void zero_upper(T* a, int C) {  // a [C, C]: drop future positions (j > i)
     for (int i = 0; i < C; ++i) std::memset(a + i * C + i + 1, 0, sizeof(T) * (C - i - 1));
 }
 
+template <typename T>
+void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) out[static_cast<long>(j) * rows + i] = a[static_cast<long>(i) * cols + j];
+}
+
+template <typename T>
+void copy_rows(const T* a, long lda, int rows, int cols, T* out) {  // out [rows, cols] contiguous
+    for (int i = 0; i < rows; ++i) std::memcpy(out + static_cast<long>(i) * cols, a + i * lda, sizeof(T) * cols);
+}
+
 // q, k rows of F features (leading dims ldq, ldk), v rows of Dv (ldv), L = N * C tokens. S0 [F, Dv+1] or null.
 // Writes o rows (ldo): numerator / (normaliser + eps) if normalize, else the numerator; S_final [F, Dv+1].
-// If states is not null (training) also keeps the state before each chunk states [N, F, Dv+1], the masked
-// in-chunk scores [N, C, C] and, if normalize, the normaliser plus eps norm [L].
+// If states is not null (training) also keeps the state before each chunk, transposed, states [N, Dv+1, F],
+// the masked in-chunk scores [N, C, C] and, if normalize, the normaliser plus eps norm [L].
+//
+// The state is kept transposed (ST [Dv+1, F]) right under a copy of the chunk's keys, so that the in-chunk
+// scores and the read of the earlier chunks are one product: [A | Y] = q [k; ST]^T.
 template <typename T>
 void forward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* S0, T* o,
              long ldo, T* S_final, T* states, T* scores, T* norm, long L, int F, int Dv, int C, int normalize,
              T eps) {
     const RowMajor<T> mm{gemm};
-    const int D1 = Dv + 1;
+    const int D1 = Dv + 1, W = C + D1;
     const long M = static_cast<long>(F) * D1;
-    std::vector<T> S(M), A_(static_cast<size_t>(C) * C), Y(static_cast<size_t>(C) * D1), ksum(F);
-    if (S0) std::memcpy(S.data(), S0, sizeof(T) * M);
+    std::vector<T> KS(static_cast<size_t>(W) * F, T(0)), AY(static_cast<size_t>(C) * W), ksum(F);
+    T *K = KS.data(), *ST = KS.data() + static_cast<long>(C) * F, *A = AY.data(), *Y = AY.data() + C;
+    if (S0) transpose(S0, F, D1, ST);
     for (long n = 0; n < L / C; ++n) {
         const long t0 = n * C;
         const T *qc = q + t0 * ldq, *kc = k + t0 * ldk, *vc = v + t0 * ldv;
-        if (states) std::memcpy(states + n * M, S.data(), sizeof(T) * M);
-        T* A = scores ? scores + n * C * C : A_.data();
-        mm(false, true, C, C, F, 1, qc, ldq, kc, ldk, 0, A, C);  // in-chunk scores q k^T
-        zero_upper(A, C);
-        mm(false, false, C, D1, F, 1, qc, ldq, S.data(), D1, 0, Y.data(), D1);  // earlier chunks: q S
-        mm(false, false, C, Dv, C, 1, A, C, vc, ldv, 1, Y.data(), D1);         // this chunk: A v
-        for (int i = 0; i < C; ++i) {                                            // ... and A 1 for the normaliser
+        if (states) std::memcpy(states + n * M, ST, sizeof(T) * M);
+        copy_rows(kc, ldk, C, F, K);
+        mm(false, true, C, W, F, 1, qc, ldq, K, F, 0, AY.data(), W);  // [A | Y] = q [k; ST]^T
+        for (int i = 0; i < C; ++i) {                                  // causal mask; A 1 for the normaliser
+            T* a = A + static_cast<long>(i) * W;
+            std::fill(a + i + 1, a + C, T(0));
             T s = 0;
-            for (int j = 0; j <= i; ++j) s += A[i * C + j];
-            Y[i * D1 + Dv] += s;
+            for (int j = 0; j <= i; ++j) s += a[j];
+            Y[static_cast<long>(i) * W + Dv] += s;
+            if (scores) std::memcpy(scores + (n * C + i) * C, a, sizeof(T) * C);
         }
-        mm(true, false, F, Dv, C, 1, kc, ldk, vc, ldv, 1, S.data(), D1);  // S += k^T v
+        mm(false, false, C, Dv, C, 1, A, W, vc, ldv, 1, Y, W);  // this chunk: Y += A v
+        mm(true, false, Dv, F, C, 1, vc, ldv, K, F, 1, ST, F);   // ST += v^T k
         std::fill(ksum.begin(), ksum.end(), T(0));  // z += k^T 1, summed within the chunk first: z is large
         for (int t = 0; t < C; ++t)                 // by now, and 64 adds into it would each round
-            for (int f = 0; f < F; ++f) ksum[f] += kc[t * ldk + f];
-        for (int f = 0; f < F; ++f) S[f * D1 + Dv] += ksum[f];
+            for (int f = 0; f < F; ++f) ksum[f] += K[static_cast<long>(t) * F + f];
+        for (int f = 0; f < F; ++f) ST[static_cast<long>(Dv) * F + f] += ksum[f];
         for (int i = 0; i < C; ++i) {
-            const T* y = Y.data() + i * D1;
+            const T* y = Y + static_cast<long>(i) * W;
             T* oi = o + (t0 + i) * ldo;
             if (normalize) {
                 const T den = y[Dv] + eps, inv = T(1) / den;
@@ -80,31 +96,36 @@ void forward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* 
             }
         }
     }
-    std::memcpy(S_final, S.data(), sizeof(T) * M);
+    transpose(ST, D1, F, S_final);
 }
 
 // Gradients of forward (run with states): do rows (lddo), o the forward's output rows (ldo; read only when
 // normalize), dS_final [F, Dv+1] or null. Writes dq, dk, dv rows (lddq, lddk, lddv) and, if dS0 is not null,
-// the initial state's gradient [F, Dv+1]. G is the gradient reaching the state from the chunks after the
-// current one; it is accumulated in place, last chunk first.
+// the initial state's gradient [F, Dv+1]. GT ([Dv+1, F], transposed like the states) is the gradient reaching
+// the state from the chunks after the current one, accumulated in place, last chunk first. As in forward, the
+// operands are stacked so that dq and dk are one product each:
+//   dq = [P | dy] [k; ST_before],   dk = [P^T | v 1] [q; GT],   with P = dL/dA = dy [v, 1]^T (masked).
 template <typename T>
 void backward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* d_o,
               long lddo, const T* o, long ldo, const T* states, const T* scores, const T* norm,
               const T* dS_final, T* dq, long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F,
               int Dv, int C, int normalize) {
     const RowMajor<T> mm{gemm};
-    const int D1 = Dv + 1;
+    const int D1 = Dv + 1, W = C + D1;
     const long M = static_cast<long>(F) * D1;
-    std::vector<T> G(M, T(0)), dy(static_cast<size_t>(C) * D1), P(static_cast<size_t>(C) * C);
-    if (dS_final) std::memcpy(G.data(), dS_final, sizeof(T) * M);
+    std::vector<T> KS(static_cast<size_t>(W) * F), QG(static_cast<size_t>(W) * F, T(0));
+    std::vector<T> Pdy(static_cast<size_t>(C) * W), PTv(static_cast<size_t>(C) * W);
+    T *K = KS.data(), *Sb = KS.data() + static_cast<long>(C) * F, *Q = QG.data();
+    T *GT = QG.data() + static_cast<long>(C) * F, *P = Pdy.data(), *dy = Pdy.data() + C;
+    if (dS_final) transpose(dS_final, F, D1, GT);
+    for (int i = 0; i < C; ++i) PTv[static_cast<long>(i) * W + C + Dv] = 1;  // the ones column of [v, 1]
     for (long n = L / C - 1; n >= 0; --n) {
         const long t0 = n * C;
-        const T *qc = q + t0 * ldq, *kc = k + t0 * ldk, *vc = v + t0 * ldv;
-        const T *before = states + n * M, *A = scores + n * C * C;
+        const T *qc = q + t0 * ldq, *kc = k + t0 * ldk, *vc = v + t0 * ldv, *A = scores + n * C * C;
         T *dqc = dq + t0 * lddq, *dkc = dk + t0 * lddk, *dvc = dv + t0 * lddv;
         for (int i = 0; i < C; ++i) {  // gradient of [numerator, normaliser]
             const T* g = d_o + (t0 + i) * lddo;
-            T* y = dy.data() + i * D1;
+            T* y = dy + static_cast<long>(i) * W;
             if (normalize) {  // o = num / den: dnum = do / den, dden = -(do . o) / den
                 const T* oi = o + (t0 + i) * ldo;
                 const T inv = T(1) / norm[t0 + i];
@@ -119,21 +140,26 @@ void backward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T*
                 y[Dv] = 0;
             }
         }
-        mm(false, true, C, C, Dv, 1, dy.data(), D1, vc, ldv, 0, P.data(), C);  // dL/dA = dy [v, 1]^T
-        for (int i = 0; i < C; ++i)
-            for (int j = 0; j <= i; ++j) P[i * C + j] += dy[i * D1 + Dv];
-        zero_upper(P.data(), C);
-        mm(false, false, C, F, C, 1, P.data(), C, kc, ldk, 0, dqc, lddq);  // dq = P k + dy S_before^T
-        mm(false, true, C, F, D1, 1, dy.data(), D1, before, D1, 1, dqc, lddq);
-        mm(true, false, C, F, C, 1, P.data(), C, qc, ldq, 0, dkc, lddk);  // dk = P^T q + [v, 1] G^T
-        mm(false, true, C, F, Dv, 1, vc, ldv, G.data(), D1, 1, dkc, lddk);
-        for (int t = 0; t < C; ++t)
-            for (int f = 0; f < F; ++f) dkc[t * lddk + f] += G[f * D1 + Dv];
-        mm(true, false, C, Dv, C, 1, A, C, dy.data(), D1, 0, dvc, lddv);  // dv = A^T dnum + k G[:, :Dv]
-        mm(false, false, C, Dv, F, 1, kc, ldk, G.data(), D1, 1, dvc, lddv);
-        mm(true, false, F, D1, C, 1, qc, ldq, dy.data(), D1, 1, G.data(), D1);  // G += q^T dy
+        mm(false, true, C, C, Dv, 1, dy, W, vc, ldv, 0, P, W);  // P = dnum v^T + dden 1^T, masked
+        for (int i = 0; i < C; ++i) {
+            T* p = P + static_cast<long>(i) * W;
+            for (int j = 0; j <= i; ++j) p[j] += dy[static_cast<long>(i) * W + Dv];
+            std::fill(p + i + 1, p + C, T(0));
+        }
+        copy_rows(kc, ldk, C, F, K);
+        std::memcpy(Sb, states + n * M, sizeof(T) * M);
+        mm(false, false, C, F, W, 1, P, W, K, F, 0, dqc, lddq);  // dq = [P | dy] [k; ST_before]
+        for (int i = 0; i < C; ++i) {                            // [P^T | v 1]
+            for (int j = 0; j < C; ++j) PTv[static_cast<long>(i) * W + j] = P[static_cast<long>(j) * W + i];
+            std::memcpy(PTv.data() + static_cast<long>(i) * W + C, vc + i * ldv, sizeof(T) * Dv);
+        }
+        copy_rows(qc, ldq, C, F, Q);
+        mm(false, false, C, F, W, 1, PTv.data(), W, Q, F, 0, dkc, lddk);  // dk = [P^T | v 1] [q; GT]
+        mm(true, false, C, Dv, C, 1, A, C, dy, W, 0, dvc, lddv);          // dv = A^T dnum + k G[:, :Dv]
+        mm(false, true, C, Dv, F, 1, K, F, GT, F, 1, dvc, lddv);
+        mm(true, false, D1, F, C, 1, dy, W, Q, F, 1, GT, F);  // GT += dy^T q
     }
-    if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * M);
+    if (dS0) transpose(GT, D1, F, dS0);
 }
 
 }  // namespace

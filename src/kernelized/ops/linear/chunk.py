@@ -21,8 +21,9 @@ The causal path is one autograd Function tuned for CPUs (2-core measurements in 
 Where the compiled CPU kernels build (``kernelized.ops.cpu``, plain C++ on torch's BLAS), float32/float64 CPU
 inputs go to them instead: the same algorithm per (batch, head) sequence with the state updated in place in
 cache, each product one gemm on the caller's rows, and masks, normalisation and the normaliser's rank-one terms
-fused. They save the same tensors in the same layout, so either backward can follow either forward; the
-PyTorch path below stays as the fallback and the readable statement of the algorithm.
+fused; the state is kept (and saved) transposed, stacked under the chunk's keys, so that in-chunk scores and
+the read of earlier chunks are one product (see chunk.cpp). The PyTorch path below stays as the fallback and
+the readable statement of the algorithm.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def chunk_linear_attention(
     if pad:  # zero keys add nothing to any state; padded queries are dropped below
         q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, S0)):
-        o, S_final = _CausalChunk.apply(q, k, v, S0, C, eps)
+        o, S_final = _CausalChunk.apply(q, k, v, S0, C, eps, _cpu.usable(q, k, v))
     else:  # inference: nothing kept for backward
-        o, S_final = _causal_forward(q, k, v, S0, C, eps, save=False)[:2]
+        o, S_final = _causal_forward(q, k, v, S0, C, eps, save=False, compiled=_cpu.usable(q, k, v))[:2]
     return o[:, :T], S_final[..., :Dv], S_final[..., Dv]
 
 
@@ -147,13 +148,14 @@ def _parallel(fn, n_items: int) -> None:
         torch.set_num_threads(n)
 
 
-def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
+def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool, compiled: bool = False):
     """``y_t = sum_{s<=t} (q_t . k_s) [v_s, 1]`` chunk by chunk; ``o = y[:Dv] / (y[Dv] + eps)``.
 
     q, k ``[B, N*C, H, F]``, v ``[B, N*C, H, Dv]`` (any strides with a contiguous last axis), S0
     ``[B, H, F, Dv+1]`` or None. Returns ``o [B, N*C, H, Dv]``, ``S_final [B, H, F, Dv+1]`` and, if ``save``,
-    what backward needs: the state before each chunk ``[H, B, N, F*(Dv+1)]``, the masked in-chunk scores
-    ``[H, B, N*C, C]`` and the normaliser plus eps ``[H, B, N*C]`` (None when eps is None).
+    what backward needs: the state before each chunk ``[H, B, N, F*(Dv+1)]`` (``[H, B, N, (Dv+1)*F]``, transposed,
+    when ``compiled``), the masked in-chunk scores ``[H, B, N*C, C]`` and the normaliser plus eps ``[H, B, N*C]``
+    (None when eps is None).
     """
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
@@ -164,7 +166,7 @@ def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool):
     states = v.new_empty(H, B, N, M) if save else None
     scores = v.new_empty(H, B, T, C) if save else None
     norm = v.new_empty(H, B, T) if save and eps is not None else None
-    if _cpu.usable(q, k, v):
+    if compiled:
         _compiled_forward(q, k, v, S0, C, eps, o, S_final, states, scores, norm)
         return o, S_final, states, scores, norm
     blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
@@ -210,10 +212,10 @@ class _CausalChunk(torch.autograd.Function):
     ``_causal_forward``. Gradients reach q, k, v and the initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, S0, C, eps):
-        o, S_final, states, scores, norm = _causal_forward(q, k, v, S0, C, eps, save=True)
+    def forward(ctx, q, k, v, S0, C, eps, compiled):
+        o, S_final, states, scores, norm = _causal_forward(q, k, v, S0, C, eps, save=True, compiled=compiled)
         ctx.save_for_backward(q, k, v, states, scores, norm, o)
-        ctx.C, ctx.eps, ctx.has_init = C, eps, S0 is not None
+        ctx.C, ctx.eps, ctx.has_init, ctx.compiled = C, eps, S0 is not None, compiled
         return o, S_final
 
     @staticmethod
@@ -229,9 +231,9 @@ class _CausalChunk(torch.autograd.Function):
         dS0 = v.new_empty(B, H, Fd, D1) if ctx.has_init else None
         if do is None:
             do = v.new_zeros(B, T, H, Dv)
-        if _cpu.usable(q, k, v, do):
+        if ctx.compiled:  # the compiled forward saved its states transposed
             dq, dk, dv, dS0 = _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C, eps, dS0)
-            return dq, dk, dv, dS0, None, None
+            return dq, dk, dv, dS0, None, None, None
         blocks, R, upper = _plan(B, N, C, Fd, Dv, v)
         blocks = blocks[::-1]  # last chunks first
 
@@ -277,7 +279,7 @@ class _CausalChunk(torch.autograd.Function):
         def natural(x: torch.Tensor) -> torch.Tensor:  # [H, B, T, X] -> [B, T, H, X] view
             return x.permute(1, 2, 0, 3)
 
-        return natural(dq), natural(dk), natural(dv), dS0, None, None
+        return natural(dq), natural(dk), natural(dv), dS0, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------- compiled path
