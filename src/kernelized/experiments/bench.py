@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from kernelized import kernels, ops
 from kernelized._checks import check_choice
+from kernelized.ops import cpu as cpu_kernels
 from kernelized.train.memory import reset_peak_rss
 
 K = 1024
@@ -153,6 +154,7 @@ def _mmap_threshold(nbytes: int) -> None:
 _FRESH_PROCESS = """
 import sys, torch
 from kernelized import kernels, ops
+from kernelized.ops import cpu as cpu_kernels
 B, T, H, d, dv, threads = (int(x) for x in sys.argv[1:7])
 torch.set_num_threads(threads)
 fm = kernels.build("rebased", head_dim=d, num_heads=H)
@@ -290,6 +292,11 @@ def build_cases(p: dict) -> list[Case]:
                  lambda T, F=F: flops_chunk(B, H, T, F, dv, C))
         )  # fmt: skip
     F = maps["rebased"].feature_dim
+    if device == "cpu" and cpu_kernels.usable(torch.zeros(1, dtype=dtype)):  # the same op without them, side by side
+        cases.append(
+            Case("rebased chunk (PyTorch path)", "kernelized", "chunk", _on_pytorch_path(linear("rebased", "chunk")),
+                 lambda T: flops_chunk(B, H, T, F, dv, C))
+        )  # fmt: skip
     cases += [
         Case("rebased polynomial", "kernelized", "polynomial", polynomial("rebased"),
              lambda T: flops_quadratic(B, H, T, d, dv), quad_max),
@@ -306,6 +313,21 @@ def build_cases(p: dict) -> list[Case]:
     if _fla_available():
         cases += _fla_cases(p, features, raw, lambda T: flops_chunk(B, H, T, F, dv, 64), d, dv, quad_max)
     return cases
+
+
+def _on_pytorch_path(make: Callable) -> Callable:
+    """A case maker whose function runs with the compiled CPU kernels switched off."""
+
+    def wrapped(T: int):
+        fn, inputs = make(T)
+
+        def run(*args):
+            with cpu_kernels.pytorch_path():
+                return fn(*args)
+
+        return run, inputs
+
+    return wrapped
 
 
 def _fla_cases(p: dict, features, raw, chunk_flops, d: int, dv: int, quad_max: int) -> list[Case]:
@@ -586,8 +608,13 @@ def markdown(result: dict) -> str:
         f"- shape: B={p['batch']}, H={p['heads']}, q/k head dim {p['head_dim']}, Dv={p['head_dim_v']}, "
         f"SDPA head dim {p['softmax_head_dim']}, chunk {p['chunk_size']}; forward runs without grad",
         f"- flash-linear-attention: {env['fla'] or 'not installed'}",
-        "",
     ]
+    if env.get("cpu_kernels") is not None and p["device"] == "cpu":
+        lines.append(
+            f"- compiled CPU kernels: {'yes' if env['cpu_kernels'] else 'no (PyTorch path)'}; "
+            f"THP_MEM_ALLOC_ENABLE={env.get('thp')}"
+        )
+    lines.append("")
     for mode in ("fwd", "fwd+bwd") if result["kernels"] else ():
         rows = [r for r in result["kernels"] if r["mode"] == mode]
         for title, key, fmt in (
@@ -761,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
             fla_version = "installed"
     env = dict(device=_device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
                python=platform.python_version(), fla=fla_version, load_before=_load(),
+               cpu_kernels=device == "cpu" and cpu_kernels.usable(torch.zeros(1, dtype=dtype)),
+               thp=os.environ.get("THP_MEM_ALLOC_ENABLE"),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))  # fmt: skip
     rate = matmul_rate(device, dtype)
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s ({p['dtype']}) on {env['device']}")

@@ -13,6 +13,7 @@ the compiler flags and the CPU, and written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -34,6 +35,20 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 def disabled() -> bool:
     return os.environ.get("KERNELIZED_DISABLE_CPU_KERNELS", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def pytorch_path():
+    """Within this block, ops take their PyTorch path even where the compiled kernels exist (for A/B timings)."""
+    before = os.environ.get("KERNELIZED_DISABLE_CPU_KERNELS")
+    os.environ["KERNELIZED_DISABLE_CPU_KERNELS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["KERNELIZED_DISABLE_CPU_KERNELS"]
+        else:
+            os.environ["KERNELIZED_DISABLE_CPU_KERNELS"] = before
 
 
 def _cpu_id() -> str:
@@ -120,16 +135,19 @@ def usable(*tensors: torch.Tensor) -> bool:
     return library() is not None
 
 
-def rows(x: torch.Tensor) -> tuple[int, int]:
-    """``(pointer, leading dimension)`` of a ``[L, X]`` matrix view whose rows are unit-stride."""
-    assert x.dim() == 2 and x.stride(1) == 1 and x.stride(0) >= x.shape[1], (x.shape, x.stride())
-    return x.data_ptr(), x.stride(0)
+def row_pointers(x: torch.Tensor):
+    """For ``x [B, L, H, X]`` with unit-stride rows: ``(b, h) -> (pointer, leading dimension)`` of the ``[L, X]``
+    matrix ``x[b, :, h]``, by pointer arithmetic (slicing tensors per call costs more than the call)."""
+    assert x.stride(3) == 1 and x.stride(1) >= x.shape[3], (x.shape, x.stride())
+    base, size = x.data_ptr(), x.element_size()
+    sb, ld, sh = x.stride(0) * size, x.stride(1), x.stride(2) * size
+    return lambda b, h, _alive=x: (base + b * sb + h * sh, ld)  # the closure keeps x (maybe a copy) alive
 
 
-def at(x: torch.Tensor | None, *index: int) -> int | None:
-    """Data pointer of ``x[index]`` (which must be contiguous), or NULL when x is None."""
+def block_pointers(x: torch.Tensor | None):
+    """For a contiguous ``x [I, J, ...]``: ``(i, j) -> pointer`` of the block ``x[i, j]``; NULL for x None."""
     if x is None:
-        return None
-    part = x[index]
-    assert part.is_contiguous(), (x.shape, x.stride(), index)
-    return part.data_ptr()
+        return lambda i, j: None
+    assert x.is_contiguous(), x.stride()
+    base, si, sj = x.data_ptr(), x.stride(0) * x.element_size(), x.stride(1) * x.element_size()
+    return lambda i, j, _alive=x: base + i * si + j * sj

@@ -296,15 +296,15 @@ def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states
     Dv = v.shape[-1]
     lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
     fn, gemm = lib.chunk_forward[key], lib.gemm[key]
-    q, k, v = _unit_rows(q), _unit_rows(k), _unit_rows(v)
-    rows, at = _cpu.rows, _cpu.at
+    q_, k_, v_, o_ = (_cpu.row_pointers(x) for x in (_unit_rows(q), _unit_rows(k), _unit_rows(v), o))
+    S0_, Sf_, states_, scores_, norm_ = (_cpu.block_pointers(x) for x in (S0, S_final, states, scores, norm))
+    normalize, eps = int(eps is not None), 0.0 if eps is None else eps
 
     def pairs(items: range) -> None:
         for i in items:
             b, h = divmod(i, H)
-            fn(gemm, *rows(q[b, :, h]), *rows(k[b, :, h]), *rows(v[b, :, h]), at(S0, b, h), *rows(o[b, :, h]),
-               at(S_final, b, h), at(states, h, b), at(scores, h, b), at(norm, h, b),
-               T, Fd, Dv, C, int(eps is not None), 0.0 if eps is None else eps)  # fmt: skip
+            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), S0_(b, h), *o_(b, h), Sf_(b, h),
+               states_(h, b), scores_(h, b), norm_(h, b), T, Fd, Dv, C, normalize, eps)  # fmt: skip
 
     _parallel(pairs, B * H)
 
@@ -316,18 +316,19 @@ def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, e
     Dv = v.shape[-1]
     lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
     fn, gemm = lib.chunk_backward[key], lib.gemm[key]
-    q, k, v, do = _unit_rows(q), _unit_rows(k), _unit_rows(v), _unit_rows(do)
     dS_final = None if dS_final is None else dS_final.contiguous()
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
-    rows, at = _cpu.rows, _cpu.at
+    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_unit_rows(x)) for x in (q, k, v, do, o))
+    dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
+    states_, scores_, norm_, dSf_, dS0_ = (_cpu.block_pointers(x) for x in (states, scores, norm, dS_final, dS0))
+    normalize = int(eps is not None)
 
     def pairs(items: range) -> None:
         for i in items:
             b, h = divmod(i, H)
-            fn(gemm, *rows(q[b, :, h]), *rows(k[b, :, h]), *rows(v[b, :, h]), *rows(do[b, :, h]), *rows(o[b, :, h]),
-               at(states, h, b), at(scores, h, b), at(norm, h, b), at(dS_final, b, h),
-               *rows(dq[b, :, h]), *rows(dk[b, :, h]), *rows(dv[b, :, h]), at(dS0, b, h),
-               T, Fd, Dv, C, int(eps is not None))  # fmt: skip
+            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), *do_(b, h), *o_(b, h),
+               states_(h, b), scores_(h, b), norm_(h, b), dSf_(b, h),
+               *dq_(b, h), *dk_(b, h), *dv_(b, h), dS0_(b, h), T, Fd, Dv, C, normalize)  # fmt: skip
 
     _parallel(pairs, B * H)
     return dq, dk, dv, dS0
