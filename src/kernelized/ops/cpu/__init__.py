@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import torch
 
 SOURCES = ("chunk.cpp",)
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
