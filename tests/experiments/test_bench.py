@@ -98,6 +98,7 @@ def test_targets_are_ratios_of_the_same_run():
         return dict(case=case, T=T, mode=mode, seconds=s, flop_floor_s=0.1, peak_mb=mb)
 
     rows = [
+        row("rebased chunk", 2048, 0.05, mb=0.01),  # in-process peaks read low where pages were already resident
         row("rebased chunk", 4096, 0.1, mb=50.0),
         row("rebased chunk", 8192, 0.2, mb=100.0),
         row("softmax (SDPA)", 8192, 2.0),
@@ -112,6 +113,10 @@ def test_targets_are_ratios_of_the_same_run():
     assert t["memory_loglog_slope"] == pytest.approx(1.0)
     assert t["decode_32k_over_1k"] == pytest.approx(1.05)
     assert math.isfinite(t["rebased_chunk_fwd_bwd_s"])
+    fresh = [dict(T=T, peak_mb=T / 50) for T in (1024, 2048, 4096)]  # fresh processes: every length counts
+    assert bench.targets(rows, decode, memory_rows=fresh)["memory_loglog_slope"] == pytest.approx(1.0)
+    fresh[0]["peak_mb"] = 1024 / 200
+    assert bench.targets(rows, decode, memory_rows=fresh)["memory_loglog_slope"] == pytest.approx(2.0)
 
 
 def test_timed_reports_a_single_call_over_budget():
