@@ -124,26 +124,29 @@ def _scan(x: torch.Tensor, out: torch.Tensor, carry: torch.Tensor, reverse: bool
     return out[:, last] + x[:, last]
 
 
-def _parallel(fn, n_items: int) -> None:
+def _parallel(fn, n_items: int, groups_per_worker: int = 4) -> None:
     """Run ``fn(items)`` over ``range(n_items)`` (heads, or (batch, head) pairs). With several torch threads, the
-    items go one at a time to as many Python threads, each running its ops single-threaded: the small ops need
-    no OpenMP barrier (which on a busy, oversubscribed machine stalled each op on a descheduled thread), and a
-    thread slowed by other load takes fewer items instead of holding up the rest."""
+    items go in contiguous groups (a few per worker; one item each when there are few) to as many Python
+    threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
+    oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
+    fewer groups instead of holding up the rest."""
     n = torch.get_num_threads()
     workers = min(n, n_items)
     if workers <= 1:
         with torch.no_grad():
             fn(range(n_items))
         return
+    size = max(1, n_items // (workers * groups_per_worker))
+    groups = [range(i, min(i + size, n_items)) for i in range(0, n_items, size)]
 
-    def work(i: int) -> None:
+    def work(items: range) -> None:
         torch.set_num_threads(1)  # this worker's ops: single-threaded
         with torch.no_grad():
-            fn(range(i, i + 1))
+            fn(items)
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(n_items)))
+            list(pool.map(work, groups))
     finally:
         torch.set_num_threads(n)
 
