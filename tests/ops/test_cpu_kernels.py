@@ -139,3 +139,23 @@ def test_build_is_cached_by_source_and_reused(monkeypatch, tmp_path):
     assert [p.name for p in (tmp_path / "cpu").iterdir()] == [first.name]  # no temporary files left behind
     monkeypatch.setattr(cpu, "FLAGS", (*cpu.FLAGS, "-DKERNELIZED_TEST"))
     assert cpu._build(compiler) != first
+
+
+@pytest.mark.parametrize("n_items", [1, 3, 8, 13, 100, 2048])
+def test_worker_groups_cover_every_item_once(n_items):
+    """(batch, head) pairs go to worker threads in contiguous groups: each exactly once, thread count restored."""
+    from kernelized.ops.linear.chunk import _parallel
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen, calls = [], []
+    try:
+        _parallel(lambda items: (seen.extend(items), calls.append(len(items))), n_items)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(seen) == list(range(n_items))
+    if n_items >= 16:  # many short sequences: a few groups per worker, not one call (and thread setup) per item
+        assert len(calls) <= 16
+    elif n_items > 1:  # few items (heads of one long sequence): one each, so a slowed thread takes fewer
+        assert calls == [1] * n_items
