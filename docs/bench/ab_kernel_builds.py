@@ -1,6 +1,6 @@
 """Side-by-side timing of builds of the compiled CPU chunk kernel at git revisions, and of the PyTorch path.
 
-Each revision's ``src/kernelized/ops/cpu/chunk.cpp`` is built with the loader's flags and swapped into one
+Each revision's ``src/kernelized/cpu/chunk.cpp`` is built with the loader's flags and swapped into one
 process in turn; all variants run interleaved on the same inputs, so machine noise hits them alike. Prints the
 median forward+backward time of causal ReBased-sized linear attention (B=1, H=8, F=136, Dv=64, fp32).
 
@@ -23,12 +23,12 @@ import time
 import torch
 
 from kernelized import ops
-from kernelized.ops import cpu
+from kernelized import cpu
 
 
 def build(revision: str, folder: str) -> dict:
     """The f32 kernels of chunk.cpp at ``revision``, built with the loader's flags."""
-    source = subprocess.run(["git", "show", f"{revision}:src/kernelized/ops/cpu/chunk.cpp"], check=True,
+    source = subprocess.run(["git", "show", f"{revision}:src/kernelized/cpu/chunk.cpp"], check=True,
                             capture_output=True, text=True).stdout  # fmt: skip
     cpp, so = os.path.join(folder, f"{revision}.cpp"), os.path.join(folder, f"{revision}.so")
     with open(cpp, "w") as f:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernelized import kernels, ops
-from kernelized.ops import cpu
+from kernelized import cpu, kernels, ops
 from kernelized.ops.linear import chunk as chunk_module
 from tests.conftest import assert_close
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from kernelized import cpu as cpu_kernels
 from kernelized import kernels, ops
 from kernelized._checks import check_choice
-from kernelized.ops import cpu as cpu_kernels
 from kernelized.train.memory import reset_peak_rss
 
 K = 1024
@@ -154,7 +154,7 @@ def _mmap_threshold(nbytes: int) -> None:
 _FRESH_PROCESS = """
 import sys, torch
 from kernelized import kernels, ops
-from kernelized.ops import cpu as cpu_kernels
+from kernelized import cpu as cpu_kernels
 B, T, H, d, dv, threads = (int(x) for x in sys.argv[1:7])
 torch.set_num_threads(threads)
 fm = kernels.build("rebased", head_dim=d, num_heads=H)

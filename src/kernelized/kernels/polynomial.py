@@ -15,6 +15,7 @@ from functools import cache
 import torch
 from torch import nn
 
+from kernelized import cpu as _cpu
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.kernels.base import FeatureMap, PolynomialForm
 from kernelized.kernels.registry import register
@@ -41,12 +42,61 @@ def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     """
     if degree == 0:
         return x.new_ones(*x.shape[:-1], 1)
+    if degree == 2 and _cpu.usable(x):  # ReBased's and Based's quadratic part: one compiled pass per row
+        return _CompiledMonomials2.apply(x)
+    return _sliced_monomial_features(x, degree)
+
+
+def _sliced_monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """``monomial_features`` in torch ops (the reference, and the path for other degrees and devices)."""
     d = x.shape[-1]
     feats = x
     for p in range(2, degree + 1):
         n = feats.shape[-1]
         feats = torch.cat([x[..., i : i + 1] * feats[..., n - num_monomials(d - i, p - 1) :] for i in range(d)], -1)
     return feats * _coefficients(d, degree).to(device=x.device, dtype=x.dtype)
+
+
+class _CompiledMonomials2(torch.autograd.Function):
+    """Degree-2 ``monomial_features`` by the compiled CPU kernel (``kernelized/cpu/features.cpp``): the same
+    values in the same order. Rows are split over the worker threads. A backward that must itself be
+    differentiable (``create_graph=True``) goes through the torch-op reference instead."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        xc = x.contiguous()
+        coef = _coefficients(d, 2).to(x.dtype)
+        out = x.new_empty(*x.shape[:-1], num_monomials(d, 2))
+        fn = _cpu.library().monomials2_forward[_cpu.DTYPES[x.dtype]]
+        _by_rows(lambda r0, r1: fn(_row(xc, r0, d), r1 - r0, d, coef.data_ptr(), _row(out, r0, coef.numel())), xc, d)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the torch-op reference
+            return torch.autograd.grad(_sliced_monomial_features(x, 2), x, grad, create_graph=True)[0]
+        d = x.shape[-1]
+        xc, g = x.contiguous(), grad.contiguous()
+        coef = _coefficients(d, 2).to(x.dtype)
+        dx = torch.empty_like(xc)
+        fn = _cpu.library().monomials2_backward[_cpu.DTYPES[x.dtype]]
+        _by_rows(lambda r0, r1: fn(_row(xc, r0, d), _row(g, r0, coef.numel()), r1 - r0, d, coef.data_ptr(),
+                                   _row(dx, r0, d)), xc, d)  # fmt: skip
+        return dx
+
+
+def _row(x: torch.Tensor, r: int, width: int) -> int:
+    """Address of row r of a contiguous ``x`` seen as ``[n, width]``."""
+    return x.data_ptr() + r * width * x.element_size()
+
+
+def _by_rows(call, x: torch.Tensor, d: int) -> None:
+    """``call(0, n)`` over all n rows of ``x [..., d]``, on this thread: the pass is memory-bound and a few
+    milliseconds long, and handing it to worker threads (and back) measured slower inside a training step."""
+    call(0, x.numel() // d)
 
 
 def num_monomials(dim: int, degree: int) -> int:

@@ -18,7 +18,7 @@ The causal path is one autograd Function tuned for CPUs (2-core measurements in 
 - with several torch threads, heads run on as many Python threads with single-threaded ops (no OpenMP
   barrier per small op, which stalls on a busy machine).
 
-Where the compiled CPU kernels build (``kernelized.ops.cpu``, plain C++ on torch's BLAS), float32/float64 CPU
+Where the compiled CPU kernels build (``kernelized.cpu``, plain C++ on torch's BLAS), float32/float64 CPU
 inputs go to them instead: the same algorithm per (batch, head) sequence with the state updated in place in
 cache, each product one gemm on the caller's rows, and masks, normalisation and the normaliser's rank-one terms
 fused; the state is kept (and saved) transposed, stacked under the chunk's keys, so that in-chunk scores and
@@ -28,12 +28,10 @@ the readable statement of the algorithm.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 
-from kernelized.ops import cpu as _cpu
+from kernelized import cpu as _cpu
 
 BLOCK_BYTES = 2.5 * 2**20  # working set of one block of chunks (see the module docstring)
 
@@ -124,33 +122,6 @@ def _scan(x: torch.Tensor, out: torch.Tensor, carry: torch.Tensor, reverse: bool
     return out[:, last] + x[:, last]
 
 
-def _parallel(fn, n_items: int, groups_per_worker: int = 4) -> None:
-    """Run ``fn(items)`` over ``range(n_items)`` (heads, or (batch, head) pairs). With several torch threads, the
-    items go in contiguous groups (a few per worker; one item each when there are few) to as many Python
-    threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
-    oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
-    fewer groups instead of holding up the rest."""
-    n = torch.get_num_threads()
-    workers = min(n, n_items)
-    if workers <= 1:
-        with torch.no_grad():
-            fn(range(n_items))
-        return
-    size = max(1, n_items // (workers * groups_per_worker))
-    groups = [range(i, min(i + size, n_items)) for i in range(0, n_items, size)]
-
-    def work(items: range) -> None:
-        torch.set_num_threads(1)  # this worker's ops: single-threaded
-        with torch.no_grad():
-            fn(items)
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, groups))
-    finally:
-        torch.set_num_threads(n)
-
-
 def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool, compiled: bool = False):
     """``y_t = sum_{s<=t} (q_t . k_s) [v_s, 1]`` chunk by chunk; ``o = y[:Dv] / (y[Dv] + eps)``.
 
@@ -206,7 +177,7 @@ def _causal_forward(q, k, v, S0, C: int, eps: float | None, save: bool, compiled
                     if save:
                         norm[h, b0:b1, t0:t1].view(r, C).copy_(den[..., 0])
 
-    _parallel(heads_fn, H)
+    _cpu.run_parallel(heads_fn, H)
     return o, S_final, states, scores, norm
 
 
@@ -277,7 +248,7 @@ class _CausalChunk(torch.autograd.Function):
                     dvh = dv[h, b0:b1, t0:t1].view(r, C, Dv)
                     torch.bmm(A.transpose(1, 2), dy[..., :Dv], out=dvh).baddbmm_(kh, after[..., :Dv])
 
-        _parallel(heads_fn, H)
+        _cpu.run_parallel(heads_fn, H)
 
         def natural(x: torch.Tensor) -> torch.Tensor:  # [H, B, T, X] -> [B, T, H, X] view
             return x.permute(1, 2, 0, 3)
@@ -309,7 +280,7 @@ def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states
             fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), S0_(b, h), *o_(b, h), Sf_(b, h),
                states_(h, b), scores_(h, b), norm_(h, b), T, Fd, Dv, C, normalize, eps)  # fmt: skip
 
-    _parallel(pairs, B * H)
+    _cpu.run_parallel(pairs, B * H)
 
 
 def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, eps: float | None, dS0):
@@ -333,5 +304,5 @@ def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, e
                states_(h, b), scores_(h, b), norm_(h, b), dSf_(b, h),
                *dq_(b, h), *dk_(b, h), *dv_(b, h), dS0_(b, h), T, Fd, Dv, C, normalize)  # fmt: skip
 
-    _parallel(pairs, B * H)
+    _cpu.run_parallel(pairs, B * H)
     return dq, dk, dv, dS0

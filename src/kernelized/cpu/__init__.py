@@ -1,5 +1,8 @@
 """Compiled CPU kernels: plain C++ (``*.cpp`` beside this file, no torch headers) built on first use with the
-system's C++ compiler (about a second) and called through ctypes.
+system's C++ compiler (about a second) and called through ctypes. Used below the ops and the feature maps:
+
+- ``chunk.cpp``: causal chunked linear attention, forward and backward (``ops.linear_attention(mode="chunk")``);
+- ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
 to the kernels as function pointers, so nothing else is linked. ctypes releases the GIL during a call, so Python
@@ -23,12 +26,13 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-SOURCES = ("chunk.cpp",)
+SOURCES = ("chunk.cpp", "features.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -95,10 +99,12 @@ def _torch_blas() -> dict[str, int]:
 
 
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
-_SIGNATURES = {  # see chunk.cpp; rows are (pointer, leading dimension) pairs
+_SIGNATURES = {  # see chunk.cpp and features.cpp; rows are (pointer, leading dimension) pairs
     "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
     "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
                        _I, _I, _I, _I],
+    "monomials2_forward": [_P, _L, _I, _P, _P],
+    "monomials2_backward": [_P, _P, _L, _I, _P, _P],
 }  # fmt: skip
 
 
@@ -151,3 +157,30 @@ def block_pointers(x: torch.Tensor | None):
     assert x.is_contiguous(), x.stride()
     base, si, sj = x.data_ptr(), x.stride(0) * x.element_size(), x.stride(1) * x.element_size()
     return lambda i, j, _alive=x: base + i * si + j * sj
+
+
+def run_parallel(fn, n_items: int, groups_per_worker: int = 4) -> None:
+    """Run ``fn(items)`` over ``range(n_items)`` (heads, or (batch, head) pairs). With several torch threads, the
+    items go in contiguous groups (a few per worker; one item each when there are few) to as many Python
+    threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
+    oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
+    fewer groups instead of holding up the rest."""
+    n = torch.get_num_threads()
+    workers = min(n, n_items)
+    if workers <= 1:
+        with torch.no_grad():
+            fn(range(n_items))
+        return
+    size = max(1, n_items // (workers * groups_per_worker))
+    groups = [range(i, min(i + size, n_items)) for i in range(0, n_items, size)]
+
+    def work(items: range) -> None:
+        torch.set_num_threads(1)  # this worker's ops: single-threaded
+        with torch.no_grad():
+            fn(items)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, groups))
+    finally:
+        torch.set_num_threads(n)
