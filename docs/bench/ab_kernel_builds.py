@@ -22,21 +22,26 @@ import time
 
 import torch
 
-from kernelized import ops
-from kernelized import cpu
+from kernelized import cpu, ops
 
 
 def build(revision: str, folder: str) -> dict:
     """The f32 kernels of chunk.cpp at ``revision``, built with the loader's flags."""
-    source = subprocess.run(["git", "show", f"{revision}:src/kernelized/cpu/chunk.cpp"], check=True,
-                            capture_output=True, text=True).stdout  # fmt: skip
+    for path in ("src/kernelized/cpu/chunk.cpp", "src/kernelized/ops/cpu/chunk.cpp"):  # moved after a666955
+        shown = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    else:
+        raise SystemExit(f"no chunk.cpp at revision {revision}")
     cpp, so = os.path.join(folder, f"{revision}.cpp"), os.path.join(folder, f"{revision}.so")
     with open(cpp, "w") as f:
         f.write(source)
     subprocess.run([os.environ.get("CXX", "g++"), *cpu.FLAGS, cpp, "-o", so], check=True)
     lib = ctypes.CDLL(so)
     fns = {}
-    for name, argtypes in cpu._SIGNATURES.items():
+    for name in ("chunk_forward", "chunk_backward"):
+        argtypes = cpu._SIGNATURES[name]
         fn = getattr(lib, f"{name}_f32")
         fn.argtypes, fn.restype = argtypes, None
         fns[name] = fn
