@@ -59,17 +59,18 @@ def _sliced_monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
 
 class _CompiledMonomials2(torch.autograd.Function):
     """Degree-2 ``monomial_features`` by the compiled CPU kernel (``kernelized/cpu/features.cpp``): the same
-    values in the same order. Rows are split over the worker threads. A backward that must itself be
-    differentiable (``create_graph=True``) goes through the torch-op reference instead."""
+    values in the same order, one pass over the rows on the calling thread (the pass is memory-bound and a few
+    milliseconds long; handing it to worker threads and back made a training step slower). A backward that must
+    itself be differentiable (``create_graph=True``) goes through the torch-op reference instead."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
         xc = x.contiguous()
         coef = _coefficients(d, 2).to(x.dtype)
-        out = x.new_empty(*x.shape[:-1], num_monomials(d, 2))
+        out = x.new_empty(*x.shape[:-1], coef.numel())
         fn = _cpu.library().monomials2_forward[_cpu.DTYPES[x.dtype]]
-        _by_rows(lambda r0, r1: fn(_row(xc, r0, d), r1 - r0, d, coef.data_ptr(), _row(out, r0, coef.numel())), xc, d)
+        fn(xc.data_ptr(), xc.numel() // d, d, coef.data_ptr(), out.data_ptr())
         ctx.save_for_backward(x)
         return out
 
@@ -83,20 +84,8 @@ class _CompiledMonomials2(torch.autograd.Function):
         coef = _coefficients(d, 2).to(x.dtype)
         dx = torch.empty_like(xc)
         fn = _cpu.library().monomials2_backward[_cpu.DTYPES[x.dtype]]
-        _by_rows(lambda r0, r1: fn(_row(xc, r0, d), _row(g, r0, coef.numel()), r1 - r0, d, coef.data_ptr(),
-                                   _row(dx, r0, d)), xc, d)  # fmt: skip
+        fn(xc.data_ptr(), g.data_ptr(), xc.numel() // d, d, coef.data_ptr(), dx.data_ptr())
         return dx
-
-
-def _row(x: torch.Tensor, r: int, width: int) -> int:
-    """Address of row r of a contiguous ``x`` seen as ``[n, width]``."""
-    return x.data_ptr() + r * width * x.element_size()
-
-
-def _by_rows(call, x: torch.Tensor, d: int) -> None:
-    """``call(0, n)`` over all n rows of ``x [..., d]``, on this thread: the pass is memory-bound and a few
-    milliseconds long, and handing it to worker threads (and back) measured slower inside a training step."""
-    call(0, x.numel() // d)
 
 
 def num_monomials(dim: int, degree: int) -> int:
