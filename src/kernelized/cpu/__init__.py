@@ -110,7 +110,8 @@ _SIGNATURES = {  # see chunk.cpp and features.cpp; rows are (pointer, leading di
 
 @functools.lru_cache(maxsize=1)
 def library() -> SimpleNamespace | None:
-    """The loaded kernels (``.chunk_forward[dtype]``, ``.gemm[dtype]``), or None where they cannot be had."""
+    """The loaded kernels (``.chunk_forward[dtype]``, ``.monomials2_forward[dtype]``, ... and ``.gemm[dtype]``,
+    dtype "f32" or "f64"), or None where they cannot be had."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     try:
         if compiler is None:
