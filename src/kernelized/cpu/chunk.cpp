@@ -32,11 +32,6 @@ struct RowMajor {
 };
 
 template <typename T>
-void zero_upper(T* a, int C) {  // a [C, C]: drop future positions (j > i)
-    for (int i = 0; i < C; ++i) std::memset(a + i * C + i + 1, 0, sizeof(T) * (C - i - 1));
-}
-
-template <typename T>
 void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j) out[static_cast<long>(j) * rows + i] = a[static_cast<long>(i) * cols + j];

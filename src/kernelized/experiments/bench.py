@@ -154,7 +154,6 @@ def _mmap_threshold(nbytes: int) -> None:
 _FRESH_PROCESS = """
 import sys, torch
 from kernelized import kernels, ops
-from kernelized import cpu as cpu_kernels
 B, T, H, d, dv, threads = (int(x) for x in sys.argv[1:7])
 torch.set_num_threads(threads)
 fm = kernels.build("rebased", head_dim=d, num_heads=H)
