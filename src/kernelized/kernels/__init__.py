@@ -16,6 +16,8 @@ from kernelized.kernels import (  # noqa: F401
     spectral,
 )
 from kernelized.kernels.base import FeatureMap, PolynomialForm
-from kernelized.kernels.registry import available, build, get, options, register
+from kernelized.kernels.registry import alias, available, build, canonical, get, options, register
 
-__all__ = ["FeatureMap", "PolynomialForm", "available", "build", "get", "options", "register"]
+alias("based", "taylor")  # the Based paper's name for its 2nd-order Taylor kernel
+
+__all__ = ["FeatureMap", "PolynomialForm", "alias", "available", "build", "canonical", "get", "options", "register"]

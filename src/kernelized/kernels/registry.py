@@ -1,4 +1,8 @@
-"""Feature maps by name: ``register`` (a class decorator), ``build``, ``available``."""
+"""Feature maps by name: ``register`` (a class decorator), ``alias``, ``build``, ``available``, ``canonical``.
+
+One set of names everywhere: every experiment, layer and preset resolves a kernel name here, so an alias
+(``based`` for ``taylor``, the Based paper's name for its 2nd-order Taylor kernel) works wherever a name does.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import inspect
 from kernelized.kernels.base import FeatureMap
 
 _REGISTRY: dict[str, type[FeatureMap]] = {}
+_ALIASES: dict[str, str] = {}
 
 
 def register(name: str):
@@ -22,15 +27,30 @@ def register(name: str):
     return wrap
 
 
-def available() -> list[str]:
-    """Registered kernel names, sorted."""
-    return sorted(_REGISTRY)
+def alias(name: str, target: str) -> None:
+    """Make ``name`` another name of the registered kernel ``target``."""
+    if name in _REGISTRY:
+        raise ValueError(f"alias {name!r} is already a registered kernel")
+    _ALIASES[name] = canonical(target)
+
+
+def available(aliases: bool = False) -> list[str]:
+    """Registered kernel names, sorted; with ``aliases=True`` their aliases too."""
+    return sorted([*_REGISTRY, *_ALIASES] if aliases else _REGISTRY)
+
+
+def canonical(name: str) -> str:
+    """The registered name of a kernel name or alias (``based`` -> ``taylor``); ValueError listing the names."""
+    if isinstance(name, str) and name in _REGISTRY:
+        return name
+    if isinstance(name, str) and name in _ALIASES:
+        return _ALIASES[name]
+    names = ", ".join(f"{a} (= {t})" for a, t in sorted(_ALIASES.items()))
+    raise ValueError(f"kernel must be one of {available()} or an alias ({names}), got {name!r}")
 
 
 def get(name: str) -> type[FeatureMap]:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"kernel must be one of {available()}, got {name!r}")
-    return _REGISTRY[name]
+    return _REGISTRY[canonical(name)]
 
 
 def options(name: str) -> dict[str, object]:

@@ -50,3 +50,22 @@ def build_mixer(spec: dict, d_model: int, *, causal: bool = True) -> nn.Module:
     if "causal" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         options.pop("causal")
     return factory(d_model=d_model, **options)
+
+
+def attention_names() -> list[str]:
+    """Names an experiment's ``kernel`` field may take: ``softmax`` and every kernel name or alias."""
+    from kernelized import kernels
+
+    return ["softmax", *kernels.available(aliases=True)]
+
+
+def attention_spec(name: str) -> dict:
+    """The mixer spec of an attention name: ``softmax`` -> softmax attention, a kernel name or alias (``based``)
+    -> kernel attention with the registered kernel; ValueError listing the valid names otherwise."""
+    from kernelized import kernels
+
+    if name == "softmax":
+        return {"mixer": "softmax"}
+    if not isinstance(name, str) or name not in kernels.available(aliases=True):
+        raise ValueError(f"kernel must be one of {attention_names()}, got {name!r}")
+    return {"mixer": "kernel", "kernel": kernels.canonical(name)}
