@@ -1,88 +1,108 @@
 """`kernelized lra`: Long Range Arena with any kernel, one task or the whole grid.
 
-    kernelized lra --task listops --kernel gmm-prf --preset small     # one cell: accuracy, steps/s, peak memory
-    kernelized lra --all --preset small                                # kernels x tasks x seeds, table + figure
-    kernelized lra --task text --kernel performer                      # the task's full preset, configs/lra/text.yaml
+    kernelized lra --preset small                                      # CPU-sized: kernels x tasks x seeds
+    kernelized lra --task listops --kernel gmm-prf                     # one cell of the small preset
+    kernelized lra --preset text --kernels performer,elu --seeds 0,1   # LRA's full Text task (sized for a GPU)
 
-A preset (``configs/lra/<name>.yaml``) is fixed fields plus a grid over ``task``, ``kernel`` and ``seed``;
-``per_task`` and ``per_kernel`` sections are merged into a run's config when its task / kernel matches, so one
-preset can hold settings for several tasks (data sizes, lengths, widths) and kernels (feature counts).
-``--task``, ``--kernel`` and ``--seeds`` narrow the grid without changing run ids, so a run has one folder
-whichever command reaches it: ``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>/`` holds ``config.yaml``,
+A preset (``configs/lra/<name>.yaml``, default ``small``) is fixed fields plus a grid over ``task``, ``kernel``
+and ``seed``; ``per_task`` and ``per_kernel`` sections are merged into a run's config when its task / kernel
+matches, so one preset can hold settings for several tasks (data sizes, lengths, widths) and kernels (feature
+counts); every key inside them is checked against the preset's fields. ``--task``, ``--kernel(s)`` and
+``--seeds`` narrow the grid without changing run ids. A run is its resolved config: its folder
+``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>-<hash>/`` holds ``config.yaml`` (resolved),
 ``train/{metrics.jsonl, checkpoint.pt, summary.json}`` (the Trainer's) and ``result.json`` (with the test accuracy),
 plus ``results.csv``, ``report.md`` and ``figure.png`` in ``runs/lra/<preset>/``. Killed runs resume from their
-checkpoint with the same command; finished ones are not run again.
+checkpoint with the same command; finished ones are not run again. The full-size presets name ``small`` as
+their ``cpu_preset``: started on a CPU they print their estimated time first.
 
-ListOps and Pathfinder data are generated once per settings into ``data.cache_dir`` unless ``data.path`` points
-at files (LRA's ``listops-1000`` folder works as is). Text, Retrieval and Image read ``data.path`` or the hub.
-Reported: test accuracy of the final model (mean and 95% Student-t CI over seeds), the best validation accuracy
-over the run's evaluations, training steps per second and peak memory (CUDA allocator peak; on CPU the run's peak
-RSS: the process's peak is reset before training, on Linux).
+ListOps and Pathfinder data are generated once per settings into the data cache (``$KERNELIZED_DATA``, default
+``~/.cache/kernelized/data``, or ``data.cache_dir``) unless ``data.path`` points at files (LRA's
+``listops-1000`` folder works as is). Text, Retrieval and Image read ``data.path`` or the hub.
+Reported: test accuracy of the final model (mean and 95% Student-t CI over seeds) beside the chance level, the
+best validation accuracy over the run's evaluations, training steps per second and peak memory (CUDA allocator
+peak; on CPU the run's peak RSS: the process's peak is reset before training, on Linux).
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import hashlib
 import json
 import math
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from kernelized import kernels as kernel_registry
 from kernelized.data import listops, lra, pathfinder
-from kernelized.experiments.common import (
-    expand_grid,
-    get_key,
-    load_preset,
-    markdown_table,
-    reduce_runs,
-    run_sweep,
-    with_ci_column,
-    write_markdown_table,
+from kernelized.data.cache import cache_path
+from kernelized.experiments.framework import cli
+from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
+from kernelized.experiments.framework.presets import get_key, load_preset, parse_list, read_yaml
+from kernelized.experiments.framework.reduce import reduce_runs
+from kernelized.experiments.framework.schema import (
+    ExperimentConfig,
+    check_keys,
+    check_types,
+    deep_update,
+    defaults_of,
+    train_defaults,
 )
+from kernelized.experiments.framework.sweep import collect, failed, other_runs, run_sweep
+from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.layers.mixers import attention_names, attention_spec
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 from kernelized.train import TrainConfig, Trainer
-from kernelized.train.checkpoint import write_text_atomic
+from kernelized.train.checkpoint import load_checkpoint, write_text_atomic
 from kernelized.train.memory import peak_rss_mb, reset_peak_rss
 
-# Every field a preset may set; empty mappings are free-form.
-DEFAULTS = {
-    "task": "listops",
-    "kernel": "softmax",
-    "seed": 0,
-    "threads": None,  # torch threads per run (None = torch's default); 1 is fastest for small CPU runs
-    "data": {
-        "path": None,  # folder with the task's files; None = generate (listops, pathfinder) or the hub
-        "cache_dir": "runs/lra/data",  # where generated data goes
-        "max_len": None,  # tokens per input; None = the generator's longest or LRA's length
-        "train_examples": None,  # use only the first N training examples (None = all)
-        "eval_examples": None,  # ... and validation / test examples
-        "generate": {},  # listops: num_examples, seed and ListOpsConfig fields; pathfinder: num_examples, seed,
-        #                  preset (pf32 | pf16) and PathfinderConfig fields
-    },
-    "model": {
-        "d_model": 64,
-        "num_layers": 2,
-        "num_heads": 4,
-        "feature_dim": None,  # per-head query/key size fed to the kernel; None = d_model // num_heads
-        "mlp_hidden": None,  # None = 4 * d_model
-        "head_hidden": None,  # classifier head width; None = 2 * d_model
-        "pooling": "cls",
-        "positions": "sinusoidal",
-        "dropout": 0.0,
-        "mode": "chunk",  # linear attention form (bidirectional)
-        "chunk_size": 64,
-    },
-    "kernel_options": {},  # options of the feature map, e.g. {num_features: 256}
-    "train": TrainConfig().to_dict(),
-    "per_task": {},  # {task: {any of the fields above}} merged when the run's task matches
-    "per_kernel": {},  # {kernel: {...}} merged when the run's kernel matches (after per_task)
-}
+
+@dataclass
+class Data:
+    path: str | None = None  # folder with the task's files; None = generate (listops, pathfinder) or the hub
+    cache_dir: str | None = None  # where generated data goes; None = the data cache ($KERNELIZED_DATA/lra)
+    max_len: int | None = None  # tokens per input; None = the generator's longest or LRA's length
+    train_examples: int | None = None  # use only the first N training examples (None = all)
+    eval_examples: int | None = None  # ... and validation / test examples
+    # listops: num_examples, seed and ListOpsConfig fields; pathfinder: num_examples, seed, preset (pf32 | pf16)
+    # and PathfinderConfig fields
+    generate: dict = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    feature_dim: int | None = None  # per-head query/key size fed to the kernel; None = d_model // num_heads
+    mlp_hidden: int | None = None  # None = 4 * d_model
+    head_hidden: int | None = None  # classifier head width; None = 2 * d_model
+    pooling: str = "cls"
+    positions: str = "sinusoidal"
+    dropout: float = 0.0
+    mode: str = "chunk"  # linear attention form (bidirectional)
+    chunk_size: int = 64
+
+
+@dataclass
+class LRASettings(ExperimentConfig):
+    """Every field of an LRA preset; ``per_task`` / ``per_kernel`` hold any of the others, per task / kernel."""
+
+    task: str = "listops"
+    kernel: str = "softmax"  # softmax, or a kernel name or alias
+    threads: int | None = None  # torch threads per run (None = torch's default); 1 is fastest for small CPU runs
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    kernel_options: dict = field(default_factory=dict)  # options of the feature map, e.g. {num_features: 256}
+    train: dict = field(default_factory=train_defaults, metadata={"types": TrainConfig})
+    per_task: dict = field(default_factory=dict)  # {task: {any of the fields above}} merged when the task matches
+    per_kernel: dict = field(default_factory=dict)  # {kernel: {...}} merged when the kernel matches (after per_task)
+
+
+DEFAULTS = defaults_of(LRASettings)
+SECTION_SCHEMA = {k: v for k, v in DEFAULTS.items() if k not in ("per_task", "per_kernel", "task", "kernel")}
+IGNORE = ("data.cache_dir",)  # where generated data lives does not change a result
 
 # LRA-paper Table 1 (Tay et al. 2021), test accuracy %; from shared/reference/benchmarks.md section 1.3.
 PUBLISHED = {
@@ -91,41 +111,41 @@ PUBLISHED = {
     "Linear Trans. (elu+1)": {"listops": 16.13, "text": 65.90, "retrieval": 53.09, "image": 42.34, "pathfinder": 75.30},
 }
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder"]
+LRA_TRAIN_SIZES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "image": 45_000, "pathfinder": 160_000}
 
 
 # -- config --------------------------------------------------------------------------------------------
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def check_sections(config: dict, source: str) -> None:
+    """``per_task`` keys are tasks, ``per_kernel`` keys attention names, and every field inside them, at any
+    depth, a field of the preset (named with its section's valid keys otherwise)."""
+    for section, valid in (("per_task", list(lra.TASKS)), ("per_kernel", attention_names())):
+        entries = config.get(section) or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"{section} in {source} must map names to settings, got {entries!r}")
+        for key, update in entries.items():
+            if key not in valid:
+                raise ValueError(f"{section}.{key} in {source}: {key!r} is not one of {valid}")
+            check_keys(SECTION_SCHEMA, update or {}, source, f"{section}.{key}.")
 
 
 def resolve(config: dict) -> dict:
-    """A run's effective config: ``per_task[task]`` then ``per_kernel[kernel]`` merged over the fixed fields."""
+    """A run's effective config: ``per_task[task]`` then ``per_kernel[kernel]`` merged over the fixed fields
+    (idempotent: a resolved config has no per_* sections left)."""
     task, kernel = config["task"], config["kernel"]
     lra.task_info(task)
-    kernel_names = ["softmax", *kernel_registry.available()]
-    if kernel not in kernel_names:
-        raise ValueError(f"kernel must be one of {kernel_names}, got {kernel!r}")
+    attention_spec(kernel)  # an unknown kernel name fails here, listing the valid ones
     out = {k: v for k, v in config.items() if k not in ("per_task", "per_kernel")}
     for section, key in (("per_task", task), ("per_kernel", kernel)):
-        update = (config.get(section) or {}).get(key) or {}
-        unknown = sorted(set(update) - set(DEFAULTS) - {"per_task", "per_kernel"})
-        if unknown:
-            raise ValueError(f"{section}.{key} has unknown field(s) {unknown}; valid: {sorted(DEFAULTS)}")
-        out = _deep_merge(out, update)
+        out = deep_update(out, (config.get(section) or {}).get(key) or {})
+    check_types(out, LRASettings, f"the run's config (task {task}, kernel {kernel})")
     return out
 
 
 # -- data ----------------------------------------------------------------------------------------------
 def _generated_dir(task: str, data: dict) -> Path:
     gen = dict(data.get("generate") or {})
-    key = hashlib.sha1(json.dumps({"task": task, **gen}, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(data["cache_dir"]) / f"{task}-{key}"
+    root = Path(data["cache_dir"]) if data.get("cache_dir") else cache_path("lra")
+    return root / f"{task}-{config_hash({'task': task, **gen})}"
 
 
 def prepare_data(task: str, data: dict, progress: bool = True) -> Path | None:
@@ -134,7 +154,7 @@ def prepare_data(task: str, data: dict, progress: bool = True) -> Path | None:
     if data.get("path") is not None:
         path = Path(data["path"])
         if not path.exists():
-            raise FileNotFoundError(f"data.path {path} does not exist")
+            raise ValueError(f"data.path: {path} does not exist (a folder with the {task} files was expected)")
         return path
     if task not in ("listops", "pathfinder"):
         return None
@@ -191,12 +211,12 @@ def load_splits(task: str, data: dict, path: Path | None) -> dict[str, TensorDat
 # -- model ---------------------------------------------------------------------------------------------
 def mixer_spec(kernel: str, model: dict, kernel_options: dict) -> dict:
     """The mixer of every layer: softmax attention, or kernel attention with ``kernel`` (bidirectional)."""
+    spec = attention_spec(kernel)
     heads = model["num_heads"]
-    if kernel == "softmax":
-        return {"mixer": "softmax", "num_heads": heads, "dropout": 0.0}
+    if spec["mixer"] == "softmax":
+        return {**spec, "num_heads": heads, "dropout": 0.0}
     return {
-        "mixer": "kernel",
-        "kernel": kernel,
+        **spec,
         "num_heads": heads,
         "feature_dim": model.get("feature_dim") or model["d_model"] // heads,
         "mode": model["mode"],
@@ -265,14 +285,66 @@ def run_one(config: dict, run_dir: Path) -> dict:
     }
 
 
+def train_flops(runs: list[Run]) -> float:
+    """6 x parameters x training tokens, summed over the runs."""
+    total = 0.0
+    for run in runs:
+        c = run.config
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(c).parameters())
+        t, data = c["train"], c["data"]
+        examples = data.get("train_examples") or (data.get("generate") or {}).get("num_examples")
+        examples = examples or LRA_TRAIN_SIZES[c["task"]]
+        steps = t.get("max_steps") or t["epochs"] * math.ceil(examples / t["batch_size"])
+        total += 6 * params * steps * t["batch_size"] * default_max_len(c["task"], data)
+    return total
+
+
+def validate(runs: list[Run]) -> None:
+    """Every run's model builds (on the meta device) and its training settings are valid, before any training."""
+    built = set()
+    for run in runs:
+        try:
+            TrainConfig.from_dict({**run.config["train"], "seed": run.config["seed"]})
+            key = json.dumps({k: run.config[k] for k in ("task", "kernel", "model", "kernel_options", "data")})
+            if key not in built:
+                with torch.device("meta"):
+                    build_model(run.config)
+                built.add(key)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"run {run.run_id}: {e}") from None
+
+
+# -- what kernelized analyze needs ---------------------------------------------------------------------
+def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
+    """A run's (resolved) config and its model with the final checkpoint's weights, in eval mode."""
+    run_dir = Path(run_dir)
+    config = resolve(read_yaml(run_dir / "config.yaml"))
+    model = build_model(config)
+    model.load_state_dict(load_checkpoint(run_dir / "train" / "checkpoint.pt")["model"])
+    return config, model.eval()
+
+
+def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test examples: ``inputs [N, L]`` (the first input of a two-input task) and ``query_mask [N, L]``
+    (True at tokens that are not padding; a [CLS] model's maps are over [CLS] + the tokens)."""
+    path = prepare_data(config["task"], config["data"], progress=False)
+    test = load_splits(config["task"], config["data"], path)["test"]
+    inputs = torch.stack([test[i][0] for i in range(min(num_examples, len(test)))])
+    if inputs.dim() == 3:  # retrieval: [N, 2, L]
+        inputs = inputs[:, 0]
+    return inputs, inputs != 0
+
+
 # -- report --------------------------------------------------------------------------------------------
 def summarize(records: list[dict]) -> list[dict]:
-    """Rows per (task, kernel): test accuracy mean ± 95% CI over seeds, plus mean val accuracy, steps/s, memory."""
+    """Rows per (task, kernel): test accuracy mean ± 95% CI over seeds, plus mean val accuracy, steps/s, memory;
+    a cell without a finished run has n = 0 and dashes."""
     rows = reduce_runs(records, cell_keys=["task", "kernel"], metric="test.accuracy", lr_key=None)
     rows = with_ci_column(rows, "test acc % (95% CI)", digits=1, scale=100.0)
     by_cell: dict[tuple, list[dict]] = {}
     for rec in records:
-        if rec.get("summary"):
+        if rec["status"] == "finished":
             by_cell.setdefault((rec["config"]["task"], rec["config"]["kernel"]), []).append(rec["summary"])
     for row in rows:
         sums = by_cell.get((row["task"], row["kernel"]), [])
@@ -281,6 +353,7 @@ def summarize(records: list[dict]) -> list[dict]:
             vals = [get_key(s, key) for s in sums if get_key(s, key) is not None]
             return sum(vals) / len(vals) if vals else math.nan
 
+        row["chance %"] = 100 / lra.task_info(row["task"]).num_classes
         row["val acc %"] = 100 * mean("val_best_accuracy")
         row["steps/s"] = mean("steps_per_s")
         row["peak MB"] = mean("peak_memory_mb")
@@ -289,13 +362,13 @@ def summarize(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["task"], 99), -r["mean"] if not math.isnan(r["mean"]) else 0))
 
 
-def write_figure(rows: list[dict], path: Path, title: str) -> None:
+def draw_figure(path: Path, rows: list[dict], title: str) -> None:
     """Test accuracy per kernel, one panel per task, with 95% CI bars and the chance level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["n"] > 0]
+    if not rows:
+        raise ValueError("no finished run to draw")
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]
     per_task = max(sum(r["task"] == t for r in rows) for t in tasks)
     width = 1.5 + len(tasks) * (1.0 + 0.35 * per_task)
@@ -303,10 +376,9 @@ def write_figure(rows: list[dict], path: Path, title: str) -> None:
     for ax, task in zip(axes[0], tasks):
         sub = [r for r in rows if r["task"] == task]
         names = [r["kernel"] for r in sub]
-        means = [100 * r["mean"] for r in sub]
         errs = [0.0 if math.isnan(r["half_width"]) else 100 * r["half_width"] for r in sub]
         colors = ["tab:gray" if n == "softmax" else "tab:blue" for n in names]
-        ax.bar(range(len(sub)), means, yerr=errs, capsize=3, color=colors)
+        ax.bar(range(len(sub)), [100 * r["mean"] for r in sub], yerr=errs, capsize=3, color=colors)
         ax.axhline(100 / lra.task_info(task).num_classes, color="k", ls="--", lw=0.8, label="chance")
         ax.set_xticks(range(len(sub)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(task)
@@ -314,10 +386,8 @@ def write_figure(rows: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def published_table() -> str:
@@ -325,80 +395,94 @@ def published_table() -> str:
     return markdown_table(rows, ["model", *TASK_ORDER], ["published (LRA paper, Table 1)", *TASK_ORDER])
 
 
-def write_report(records: list[dict], out_dir: Path, preset_name: str, preset: dict) -> list[dict]:
+COLUMNS = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB", "seconds"]
+
+
+def write_report(records: list[dict], out_dir: Path, preset_name: str, ignored=()) -> list[dict]:
+    """report.md (status, table, published numbers), figure.png and table.json from the current config's runs."""
     rows = summarize(records)
-    columns = ["task", "kernel", "test acc % (95% CI)", "n", "val acc %", "steps/s", "peak MB", "seconds"]
-    note = (
-        f"Preset `{preset_name}`; test accuracy of the final model, mean and 95% Student-t interval over seeds "
-        "(n = seeds). Peak MB is the CUDA allocator peak on GPU; on CPU the run's peak RSS (Linux VmHWM reset before "
-        "training; where that was not possible, the worker process's lifetime peak).\n\n"
-        "For orientation only, the published LRA numbers (different sizes and lengths, not comparable to a small "
-        "preset):\n\n" + published_table()
+    title = f"LRA, preset {preset_name}: test accuracy, 95% CI over seeds"
+    figure_error = write_figure(draw_figure, out_dir / "figure.png", rows, title)
+    text = "\n".join(
+        [
+            f"# LRA ({preset_name})",
+            "",
+            status_section(records, ignored),
+            f"Preset `{preset_name}`; test accuracy of the final model, mean and 95% Student-t interval over seeds "
+            "(n = seeds; `–` = no finished run); chance = one over the number of classes. Peak MB is the CUDA "
+            "allocator peak on GPU; on CPU the run's peak RSS (Linux VmHWM reset before training; where that was "
+            "not possible, the worker process's lifetime peak).",
+            "",
+            markdown_table(rows, COLUMNS, digits=2),
+            f"({figure_error})" if figure_error else "![test accuracy](figure.png)",
+            "",
+            "For orientation only, the published LRA numbers (different sizes and lengths, not comparable to a "
+            "small preset):",
+            "",
+            published_table(),
+        ]
     )
-    write_markdown_table(out_dir / "report.md", rows, columns, title=f"LRA ({preset_name})", note=note, digits=2)
-    write_figure(rows, out_dir / "figure.png", f"LRA, preset {preset_name}: test accuracy, 95% CI over seeds")
+    write_text_atomic(text, out_dir / "report.md")
     write_text_atomic(json.dumps(rows, indent=1, default=str), out_dir / "table.json")
     return rows
 
 
 # -- CLI -----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelized lra", description=__doc__.splitlines()[0])
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--task", help=f"one of {list(lra.TASKS)}")
-    what.add_argument("--all", action="store_true", help="every task x kernel x seed of the preset")
-    p.add_argument("--kernel", help="kernel name (softmax = softmax attention); default: the preset's list")
-    p.add_argument("--kernels", help="comma-separated kernels (with --all)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
-    p.add_argument(
-        "--preset", help="configs/lra/<name>.yaml or a path; default: the task's preset, or small with --all"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
-    p.add_argument("--out", help="output folder (default runs/lra/<preset>)")
-    p.add_argument("--workers", type=int, default=1, help="runs in parallel processes")
-    p.add_argument("--device", help="auto | cpu | cuda[:N] (sets train.device)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+def prepare_runs(config: dict, args, source: str) -> list[Run]:
+    """The grid narrowed by --task / --kernel(s) / --seeds (task, kernel, seed always in the run id), resolved
+    (per_task, per_kernel) and validated."""
+    check_sections(config, source)
+    cli.narrow_axes(config, args)
+    if args.kernel:
+        config["grid"]["kernel"] = [args.kernel]
+    tasks = parse_list(args.task, "--task")
+    if tasks:
+        for task in tasks:
+            lra.task_info(task)
+        config["grid"]["task"] = tasks
+    runs = expand_grid(config, always=("task", "kernel", "seed"), ignore=IGNORE, resolve=resolve)
+    validate(runs)
+    return runs
 
 
-def _csv(text: str, cast=str) -> list:
-    return [cast(v.strip()) for v in text.split(",") if v.strip()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.task is not None:
-        lra.task_info(args.task)  # unknown task: a clear error before anything runs
-    preset_name = args.preset or (args.task if args.task else "small")
-    overrides = list(args.set)
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.no_progress or args.workers > 1:
-        overrides.append("train.progress=false")
-    preset = load_preset("lra", preset_name, overrides, defaults=DEFAULTS)
-    # task, kernel and seed are always grid axes (in that order), so run ids and folders never depend on which
-    # command reached a run; --task / --kernel(s) / --seeds narrow an axis
-    grid = preset["grid"]
-    narrow = {
-        "task": [args.task] if args.task else None,
-        "kernel": [args.kernel] if args.kernel else (_csv(args.kernels) if args.kernels else None),
-        "seed": _csv(args.seeds, int) if args.seeds else None,
-    }
-    axes = {axis: narrow[axis] or grid.get(axis) or [preset[axis]] for axis in narrow}
-    preset["grid"] = {**axes, **{k: v for k, v in grid.items() if k not in axes}}
-    runs = expand_grid(preset)
-    for run in runs:
-        resolve(run.config)  # unknown task or kernel, bad per_task/per_kernel keys: fail before training
-    stem = Path(preset_name).stem
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.experiment_parser("lra", __doc__, default_preset="small")
+    parser.add_argument("--task", help=f"comma-separated tasks of {list(lra.TASKS)} (default: the preset's)")
+    parser.add_argument("--kernel", help="one kernel (the same as --kernels with one name)")
+    parser.add_argument("--all", action="store_true", help="every task x kernel x seed of the preset (the default)")
+    args = parser.parse_args(argv)
+    config = load_preset("lra", args.preset, cli.overrides(args), defaults=DEFAULTS)
+    runs = prepare_runs(config, args, f"preset {args.preset}")
+    stem = Path(str(args.preset)).stem
     out_dir = Path(args.out) if args.out else Path("runs/lra") / stem
-    for task in sorted({run.config["task"] for run in runs}):  # generate shared data once, before any worker
-        first = resolve(next(r.config for r in runs if r.config["task"] == task))
-        prepare_data(task, first["data"], progress=not args.no_progress)
-    records = run_sweep(runs, run_one, out_dir, workers=args.workers, progress=not args.no_progress)
-    rows = write_report(records, out_dir, stem, preset)
-    cols = ["task", "kernel", "test acc % (95% CI)", "n", "val acc %", "steps/s", "peak MB"]
+    workers = cli.workers(args, config)
+    print(f"lra/{stem}: {len(runs)} runs -> {out_dir} ({workers} worker{'s' if workers > 1 else ''})")
+    todo = [r for r in runs if not (out_dir / r.run_id / "result.json").exists()]
+    if not args.report_only:
+        cli.warn_if_gpu_sized(config, stem, "lra", lambda: train_flops(todo))
+    if args.dry_run:
+        print("\n".join(f"  {run.run_id}" for run in runs))
+        return 0
+    if args.report_only:
+        records = collect(runs, out_dir)
+    else:
+        for task in sorted({run.config["task"] for run in todo}):  # shared data once, before any worker
+            first = next(r.config for r in todo if r.config["task"] == task)
+            prepare_data(task, first["data"], progress=not args.no_progress)
+        start = time.perf_counter()
+        records = run_sweep(runs, run_one, out_dir, workers, args.launcher, not args.no_progress, "lra")
+        print(f"wall time {time.perf_counter() - start:.0f} s")
+    rows = write_report(records, out_dir, stem, other_runs(runs, out_dir))
+    cols = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB"]
     print(markdown_table(rows, cols, digits=2))
     print(f"results: {out_dir / 'results.csv'}, {out_dir / 'report.md'}, {out_dir / 'figure.png'}")
+    bad = failed(records)
+    if bad:
+        print(
+            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
+        )
+        return 1
     return 0
 
 

@@ -21,86 +21,88 @@ interrupted ones.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from kernelized import kernels
 from kernelized.data.mqar import MQARConfig, check_mqar, mqar_datasets, paper_num_kv_pairs
-from kernelized.experiments.common import (
-    Run,
-    expand_grid,
-    get_key,
-    load_preset,
-    markdown_table,
-    pairwise_comparisons,
-    reduce_runs,
-    run_sweep,
-    with_ci_column,
-)
+from kernelized.experiments.framework import cli
+from kernelized.experiments.framework.grid import Run, expand_grid
+from kernelized.experiments.framework.presets import load_preset
+from kernelized.experiments.framework.reduce import comparisons, reduce_runs
+from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
+from kernelized.experiments.framework.sweep import collect, failed, other_runs, run_sweep
+from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
-from kernelized.train.checkpoint import write_text_atomic
+from kernelized.train.checkpoint import load_checkpoint, write_text_atomic
 from kernelized.train.config import TrainConfig
 from kernelized.train.trainer import Trainer
 
-#: Mixers every preset can name in ``grid.kernel``; a preset's ``kernels:`` adds or replaces variants.
-#: Any registered kernel name not listed here is used as ``{"kernel": name}``.
+#: Variants a preset can name in ``grid.kernel`` besides ``softmax`` and every registered kernel name or alias
+#: (``based`` = ``taylor``); a preset's ``kernels:`` section adds or replaces variants.
 KERNEL_VARIANTS: dict[str, dict] = {
-    "softmax": {"mixer": "softmax"},
-    "based": {"kernel": "taylor"},
-    "rebased": {"kernel": "rebased", "kernel_options": {"norm_scope": "all"}},
-    "elu": {"kernel": "elu"},
+    "rebased": {"kernel": "rebased", "kernel_options": {"norm_scope": "all"}},  # the authors' MQAR code
 }
 
-_TRAIN = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("seed", "extra")}
-_TRAIN.update(
-    epochs=64,
-    batch_size=512,
-    lr=1e-3,
-    weight_decay=0.1,
-    schedule="cosine",
-    early_stop_metric="accuracy",
-    early_stop_threshold=0.99,
-)
 
-DEFAULTS: dict = {
-    "description": "",
-    "kernel": "rebased",  # a name of KERNEL_VARIANTS, of the preset's kernels:, or a registered kernel
-    "seq_len": 64,
-    "seed": 0,
-    "task": {
-        "vocab_size": 8192,
-        "num_kv_pairs": "paper",  # an int, "paper" (16 at L = 128, else L/4), or a mapping {seq_len: pairs}
-        "power_a": 0.01,
-        "random_non_queries": False,
-        "num_train": 100_000,
-        "num_test": 3_000,
-        "data_seed": 42,
-    },
-    "model": {
-        "d_model": 64,
-        "num_layers": 2,  # blocks, alternating BaseConv and the mixer (2: the authors' [BaseConv, mixer])
-        "conv_kernel": 3,
-        "num_heads": 12,  # kernel attention
-        "feature_dim": 16,
-        "mode": "parallel",  # kernel attention form for training: parallel | chunk
-        "chunk_size": 64,
-        "eps": 1e-6,
-        "softmax_heads": 1,
-        "dropout": 0.0,
-    },
-    "kernels": {},  # extra variants: name -> mixer spec fields ({"kernel": ..., "kernel_options": {...}})
-    "micro_batch_tokens": None,  # cap micro-batches at this many tokens (gradient accumulation), e.g. 131072
-    "train": _TRAIN,
-}
+@dataclass
+class Task:
+    """The MQAR data (zoology's generator); seed s draws its data with ``data_seed + s``."""
 
+    vocab_size: int = 8192
+    num_kv_pairs: int | str | dict = "paper"  # an int, "paper" (16 at L = 128, else L/4), or {seq_len: pairs}
+    power_a: float = 0.01
+    random_non_queries: bool = False
+    num_train: int = 100_000
+    num_test: int = 3_000
+    data_seed: int = 42
+
+
+@dataclass
+class Model:
+    """The ReBased paper's MQAR model: blocks alternating BaseConv and the mixer."""
+
+    d_model: int = 64
+    num_layers: int = 2  # 2: the authors' [BaseConv, mixer]
+    conv_kernel: int = 3
+    num_heads: int = 12  # kernel attention
+    feature_dim: int = 16
+    mode: str = "parallel"  # kernel attention form for training: parallel | chunk
+    chunk_size: int = 64
+    eps: float = 1e-6
+    softmax_heads: int = 1
+    dropout: float = 0.0
+
+
+def _train() -> dict:
+    return train_defaults(
+        epochs=64, batch_size=512, lr=1e-3, weight_decay=0.1, schedule="cosine",
+        early_stop_metric="accuracy", early_stop_threshold=0.99,
+    )  # fmt: skip
+
+
+@dataclass
+class MQARSettings(ExperimentConfig):
+    """Every field of an MQAR preset (``configs/mqar/*.yaml``)."""
+
+    kernel: str = "rebased"  # softmax, a kernel name or alias, or a name of the preset's kernels:
+    seq_len: int = 64
+    task: Task = field(default_factory=Task)
+    model: Model = field(default_factory=Model)
+    kernels: dict = field(default_factory=dict)  # extra variants: name -> mixer spec fields
+    micro_batch_tokens: int | None = None  # cap micro-batches at this many tokens (gradient accumulation)
+    train: dict = field(default_factory=_train, metadata={"types": TrainConfig})
+
+
+DEFAULTS: dict = defaults_of(MQARSettings)
 CELL_KEYS = ["seq_len", "model.d_model", "kernel"]
 
 
@@ -135,18 +137,17 @@ def mixer_spec(config: dict) -> dict:
     variants = kernel_variants(config)
     if name in variants:
         spec = copy.deepcopy(variants[name])
-    elif name in kernels.available():
-        spec = {"kernel": name}
+        spec.setdefault("mixer", "kernel")
+        if spec["mixer"] == "kernel":
+            spec["kernel"] = attention_spec(spec.get("kernel"))["kernel"]
     else:
-        valid = sorted(set(variants) | set(kernels.available()))
-        raise ValueError(f"kernel must be one of {valid}, got {name!r}")
-    spec.setdefault("mixer", "kernel")
+        try:
+            spec = attention_spec(name)
+        except ValueError as e:
+            raise ValueError(f"{e} (or a name of the preset's kernels: {sorted(variants)})") from None
     if spec["mixer"] == "softmax":
         spec.setdefault("num_heads", m["softmax_heads"])
     elif spec["mixer"] == "kernel":
-        if spec.get("kernel") not in kernels.available():
-            got = spec.get("kernel")
-            raise ValueError(f"kernel variant {name!r}: kernel must be one of {kernels.available()}, got {got!r}")
         for key in ("num_heads", "feature_dim", "mode", "chunk_size", "eps"):
             spec.setdefault(key, m[key])
     return spec
@@ -201,21 +202,18 @@ def build_model(config: dict) -> LanguageModel:
     return LanguageModel(model_config(config))
 
 
-def validate(runs: Sequence[Run]) -> None:
+def validate(runs: Sequence[Run], source: str) -> None:
     """Every error a run could hit before training, raised now (ValueError naming the run and the field)."""
     built = set()
     for run in runs:
         config = run.config
         try:
-            for key in ("seq_len", "seed"):
-                if isinstance(config[key], bool) or not isinstance(config[key], int):
-                    raise ValueError(f"{key} must be an integer, got {config[key]!r}")
+            check_types(config, MQARSettings, source)
             task = task_config(config)
             check_mqar(task.vocab_size, task.seq_len, task.num_kv_pairs, task.power_a)
             for key in ("num_train", "num_test"):
-                value = config["task"][key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"task.{key} must be an integer >= 1, got {value!r}")
+                if config["task"][key] < 1:
+                    raise ValueError(f"task.{key} must be an integer >= 1, got {config['task'][key]!r}")
             device = train_config(config).device
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ValueError(f"train.device is {device!r} but CUDA is not available here; use auto or cpu")
@@ -228,15 +226,17 @@ def validate(runs: Sequence[Run]) -> None:
             raise ValueError(f"run {run.run_id}: {e}") from None
 
 
-def prepare_runs(config: dict) -> list[Run]:
-    """Expand the grid, write each run's resolved pairs into its config, validate everything."""
-    runs = expand_grid(config)
-    for run in runs:
-        try:
-            run.config["task"]["num_kv_pairs"] = task_config(run.config).num_kv_pairs
-        except ValueError as e:
-            raise ValueError(f"run {run.run_id}: {e}") from None
-    validate(runs)
+def resolve(config: dict) -> dict:
+    """A run's config as it runs: the number of kv pairs made concrete for its length."""
+    check_types(config, MQARSettings, "the preset")
+    config["task"]["num_kv_pairs"] = task_config(config).num_kv_pairs
+    return config
+
+
+def prepare_runs(config: dict, source: str = "the preset") -> list[Run]:
+    """Expand the grid (kernel and seed always in the run id), resolve and validate every run."""
+    runs = expand_grid(config, always=("kernel", "seed"), resolve=resolve)
+    validate(runs, source)
     return runs
 
 
@@ -248,8 +248,38 @@ def run_one(config: dict, run_dir: Path) -> dict:
     return trainer.fit()
 
 
+def train_flops(runs: Sequence[Run]) -> float:
+    """6 x parameters x training tokens, summed over the runs (no early stop assumed)."""
+    total = 0.0
+    for run in runs:
+        c = run.config
+        with torch.device("meta"):
+            params = LanguageModel(model_config(c)).num_parameters()
+        total += 6 * params * c["train"]["epochs"] * c["task"]["num_train"] * c["seq_len"]
+    return total
+
+
+# -- what kernelized analyze needs ----------------------------------------------------------------
+def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
+    """A run's config and its model with the checkpoint's weights, in eval mode."""
+    from kernelized.experiments.framework.presets import read_yaml
+
+    run_dir = Path(run_dir)
+    config = read_yaml(run_dir / "config.yaml")
+    model = build_model(config)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    return config, model.eval()
+
+
+def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test examples: ``inputs [N, L]`` and ``query_mask [N, L]`` (True where a value is asked)."""
+    _, test = datasets(config)
+    inputs, labels = test.tensors
+    return inputs[:num_examples], labels[:num_examples] != -100
+
+
 # -- report ---------------------------------------------------------------------------------------
-def _pivot(rows: list[dict], kernels_order: list[str]) -> list[dict]:
+def _pivot(rows: list[dict]) -> list[dict]:
     """One line per (length, width), one column per kernel: "mean ± CI"."""
     table: dict[tuple, dict] = {}
     for row in with_ci_column(rows, "cell"):
@@ -265,13 +295,14 @@ def kernel_order(config: dict, records: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys([*names, *seen]))
 
 
-def write_figure(rows: list[dict], order: list[str], path: Path, title: str) -> Path:
-    """Accuracy vs d_model, one panel per length, one line per kernel (ReBased Figure 1), 95% CI bars, seeds as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_figure(path: Path, rows: list[dict], order: list[str], title: str) -> None:
+    """Accuracy vs d_model, one panel per length, one line per kernel (ReBased Figure 1), 95% CI bars, seeds as
+    dots; cells without a finished run are left out."""
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["n"] > 0]
+    if not rows:
+        raise ValueError("no finished run to draw")
     lengths = sorted({r["seq_len"] for r in rows})
     fig, axes = plt.subplots(1, len(lengths), figsize=(3.4 * len(lengths) + 1.2, 3.2), squeeze=False, sharey=True)
     for ax, L in zip(axes[0], lengths):
@@ -283,9 +314,8 @@ def write_figure(rows: list[dict], order: list[str], path: Path, title: str) -> 
                 continue
             dodge = 2 ** (0.07 * (i - (len(order) - 1) / 2))  # side by side on the log axis, bars apart
             x = [r["model.d_model"] * dodge for r in mine]
-            y = [r["mean"] for r in mine]
             err = [0.0 if math.isnan(r["half_width"]) else r["half_width"] for r in mine]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=name, color=f"C{i}", alpha=0.9)
+            ax.errorbar(x, [r["mean"] for r in mine], yerr=err, marker="o", ms=4, capsize=3, label=name, color=f"C{i}")
             seeds_x = [xi for xi, r in zip(x, mine) for _ in r["values"]]
             seeds_y = [v for r in mine for v in r["values"]]
             ax.scatter(seeds_x, seeds_y, s=8, color=f"C{i}", alpha=0.35, linewidths=0)  # the seeds themselves
@@ -303,52 +333,25 @@ def write_figure(rows: list[dict], order: list[str], path: Path, title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-    return path
 
 
-def write_report(config: dict, preset_name: str, records: list[dict], out_dir: Path, elapsed: float | None) -> str:
-    """report.md (table, significance, protocol) and figure.png from a sweep's records; returns the table."""
-    rows = reduce_runs(records, CELL_KEYS, metric="best.accuracy", lr_key="train.lr", seed_key="seed")
-    order = kernel_order(config, records)
-    pivot = _pivot(rows, order)
-    table = markdown_table(pivot, ["seq_len", "d_model", *order], ["L", "d_model", *order])
-    comparisons = [_oriented(c, order) for c in pairwise_comparisons(rows, method_key="kernel")]
-    comparisons.sort(key=lambda c: (c["seq_len"], c["model.d_model"], order.index(c["a"]), order.index(c["b"])))
-    for c in comparisons:
-        c["diff (95% bootstrap CI)"] = f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
-        c["verdict"] = _verdict(c)
-    sig = markdown_table(
-        comparisons,
+def _significance(rows: list[dict], order: list[str]) -> str:
+    pairs = comparisons(rows, "kernel", order)
+    pairs.sort(key=lambda c: (c["seq_len"], c["model.d_model"], order.index(c["a"]), order.index(c["b"])))
+    return markdown_table(
+        pairs,
         ["seq_len", "model.d_model", "a", "b", "n", "diff (95% bootstrap CI)", "p_ttest", "p_permutation", "verdict"],
         ["L", "d_model", "a", "b", "seeds", "mean(a - b) [95% CI]", "p (paired t)", "p (sign-flip)", "verdict"],
         digits=3,
     )
-    details = markdown_table(
-        rows,
-        ["seq_len", "model.d_model", "kernel", "lr", "n", "values", "lr_means"],
-        ["L", "d_model", "kernel", "best lr", "seeds", "accuracy per seed (best lr)", "mean by lr"],
-        digits=3,
-    )
-    runs = [r for r in records if r["summary"]]
-    times = [r["summary"].get("wall_time_s") or 0.0 for r in runs]
+
+
+def _setup(config: dict, records: list[dict], elapsed: float | None) -> list[str]:
+    t, m, tr = config["task"], config["model"], config["train"]
     kv = sorted({(r["config"]["seq_len"], r["config"]["task"]["num_kv_pairs"]) for r in records})
-    t = config["task"]
-    m = config["model"]
-    tr = config["train"]
-    lines = [
-        f"# MQAR: {preset_name}",
-        "",
-        (config.get("description") or "").strip(),
-        "",
-        "Accuracy on held-out MQAR examples (share of queries whose value is predicted exactly): each run's "
-        "best evaluation over epochs, mean ± 95% Student-t interval over seeds, at the learning rate with the "
-        "best mean (the ReBased protocol). `– ` = no finished run.",
-        "",
-        table,
-        "![accuracy vs d_model](figure.png)",
-        "",
-        "## Setup",
-        "",
+    times = [r["summary"].get("wall_time_s") or 0.0 for r in records if r["summary"]]
+    ran = f"; the command that wrote this report ran {elapsed:.0f} s (finished runs are not rerun)" if elapsed else ""
+    return [
         f"- Task: vocab {t['vocab_size']}, (length, kv pairs) = {', '.join(f'({a}, {b})' for a, b in kv)}, "
         f"query gaps power law a = {t['power_a']}, random fillers: {t['random_non_queries']}; "
         f"{t['num_train']} train / {t['num_test']} test examples per seed (data seed = {t['data_seed']} + seed).",
@@ -360,12 +363,42 @@ def write_report(config: dict, preset_name: str, records: list[dict], out_dir: P
         f"- Training: AdamW (wd {tr['weight_decay']}), {tr['schedule']} schedule, batch {tr['batch_size']}, "
         f"up to {tr['epochs']} epochs, evaluation every epoch, early stop at accuracy >= {tr['early_stop_threshold']}.",
         f"- Grid: {', '.join(f'{k} {v}' for k, v in config.get('grid', {}).items())}.",
-        f"- {len(runs)} runs finished; run time {sum(times):.0f} s summed over runs"
-        + (
-            f"; the command that wrote this report ran {elapsed:.0f} s (finished runs are not rerun)."
-            if elapsed
-            else "."
-        ),
+        f"- Run time {sum(times):.0f} s summed over finished runs{ran}.",
+    ]
+
+
+def write_report(
+    config: dict, preset_name: str, records: list[dict], out_dir: Path, elapsed: float | None, ignored=()
+) -> str:
+    """report.md (status, table, significance, protocol) and figure.png from a sweep's records; returns the table.
+
+    Only ``records`` (the runs of the current config) are read; ``ignored`` names other run folders in out_dir."""
+    rows = reduce_runs(records, CELL_KEYS, metric="best.accuracy", lr_key="train.lr", seed_key="seed")
+    order = kernel_order(config, records)
+    table = markdown_table(_pivot(rows), ["seq_len", "d_model", *order], ["L", "d_model", *order])
+    details = markdown_table(
+        rows,
+        ["seq_len", "model.d_model", "kernel", "lr", "n", "values", "lr_means"],
+        ["L", "d_model", "kernel", "best lr", "seeds", "accuracy per seed (best lr)", "mean by lr"],
+        digits=3,
+    )
+    figure_error = write_figure(draw_figure, out_dir / "figure.png", rows, order, f"MQAR ({preset_name})")
+    lines = [
+        f"# MQAR: {preset_name}",
+        "",
+        (config.get("description") or "").strip(),
+        "",
+        status_section(records, ignored),
+        "Accuracy on held-out MQAR examples (share of queries whose value is predicted exactly): each run's "
+        "best evaluation over epochs, mean ± 95% Student-t interval over seeds, at the learning rate with the "
+        "best mean (the ReBased protocol). `–` = no finished run in that cell.",
+        "",
+        table,
+        f"({figure_error})" if figure_error else "![accuracy vs d_model](figure.png)",
+        "",
+        "## Setup",
+        "",
+        *_setup(config, records, elapsed),
         "",
         "## Significance: paired comparisons across seeds",
         "",
@@ -375,117 +408,61 @@ def write_report(config: dict, preset_name: str, records: list[dict], out_dir: P
         "2 / 2^n (0.25 for 3 seeds), so the t-test carries the evidence at small n; verdict: `a > b` or `a < b` "
         "when the bootstrap interval excludes 0 and p (t) < 0.05, `tie` when all seeds agree exactly, else `n.s.`.",
         "",
-        sig,
+        _significance(rows, order),
         "## Per-cell details",
         "",
         details,
     ]
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(text, out_dir / "report.md")
-    write_figure(rows, order, out_dir / "figure.png", f"MQAR ({preset_name}): accuracy vs d_model")
+    write_text_atomic("\n".join(lines) + "\n", out_dir / "report.md")
     return table
 
 
-def _oriented(c: dict, order: list[str]) -> dict:
-    """A comparison with ``a`` the kernel listed first in the preset (differences and intervals negated)."""
-    if order.index(c["a"]) < order.index(c["b"]):
-        return c
-    c = dict(c)
-    c["a"], c["b"], c["mean_a"], c["mean_b"] = c["b"], c["a"], c["mean_b"], c["mean_a"]
-    c["mean_diff"] = -c["mean_diff"]
-    c["ci_low"], c["ci_high"] = -c["ci_high"], -c["ci_low"]
-    c["t_ci_low"], c["t_ci_high"] = -c["t_ci_high"], -c["t_ci_low"]
-    c["t_stat"] = -c["t_stat"]
-    return c
-
-
-def _verdict(c: dict) -> str:
-    if c["mean_diff"] == 0 and c["ci_low"] == c["ci_high"]:
-        return "tie"
-    p = c["p_ttest"]
-    separated = c["ci_low"] > 0 or c["ci_high"] < 0
-    if separated and (math.isnan(p) or p < 0.05):  # NaN p: every seed differs by the same amount
-        return "a > b" if c["mean_diff"] > 0 else "a < b"
-    return "n.s."
-
-
 # -- CLI --------------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="kernelized mqar", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="demo", help="a name in configs/mqar/ or a path to a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
-    p.add_argument("--workers", type=int, default=None, help="parallel runs (processes); default: 1 or the preset's")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (train.device)")
-    p.add_argument("--out", default="runs/mqar", help="output root; results go to <out>/<preset name>/")
-    p.add_argument("--dry-run", action="store_true", help="validate the preset and list its runs, train nothing")
-    p.add_argument("--report-only", action="store_true", help="rebuild report.md and figure.png from finished runs")
-    return p.parse_args(list(argv))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = list(args.set)
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    defaults = {**DEFAULTS, "workers": 1}
-    try:
-        config = load_preset("mqar", args.preset, overrides, defaults=defaults)
-        runs = prepare_runs(config)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@cli.command
+def main(argv: list[str]) -> int:
+    args = cli.experiment_parser("mqar", __doc__, default_preset="demo").parse_args(argv)
+    config = load_preset("mqar", args.preset, cli.overrides(args), defaults=DEFAULTS)
+    cli.narrow_axes(config, args)
+    runs = prepare_runs(config, f"preset {args.preset}")
     name = Path(str(args.preset)).stem
-    out_dir = Path(args.out) / name
-    workers = args.workers or config.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        print(f"error: workers must be an integer >= 1, got {workers!r}", file=sys.stderr)
-        return 2
+    out_dir = Path(args.out) if args.out else Path("runs/mqar") / name
+    workers = cli.workers(args, config)
     print(f"mqar/{name}: {len(runs)} runs -> {out_dir} ({workers} worker{'s' if workers > 1 else ''})")
+    todo = [r for r in runs if not (out_dir / r.run_id / "result.json").exists()]
+    if not args.report_only:
+        cli.warn_if_gpu_sized(config, name, "mqar", lambda: train_flops(todo))
     if args.dry_run:
         for run in runs:
             print(f"  {run.run_id}  (kv pairs {run.config['task']['num_kv_pairs']})")
         return 0
     start = time.perf_counter()
-    if workers > 1:
-        for run in runs:  # bars of parallel runs would interleave
-            run.config["train"]["progress"] = False
     if args.report_only:
-        records = _finished_records(runs, out_dir)
+        records = collect(runs, out_dir)
     else:
-        try:
-            records = run_sweep(runs, run_one, out_dir, workers=workers)
-        except RuntimeError as e:  # some runs failed: report the others, then fail
-            print(f"error: {e}", file=sys.stderr)
-            records = _finished_records(runs, out_dir)
-            write_report(config, name, records, out_dir, time.perf_counter() - start)
-            return 1
+        records = run_sweep(runs, run_one, out_dir, workers, args.launcher, not args.no_progress, "mqar")
     elapsed = None if args.report_only else time.perf_counter() - start
-    table = write_report(config, name, records, out_dir, elapsed)
-    print()
-    print(table)
+    table = write_report(config, name, records, out_dir, elapsed, other_runs(runs, out_dir))
+    print(f"\n{table}")
     if elapsed is not None:
         print(f"wall time {elapsed:.0f} s")
     print(f"report: {out_dir / 'report.md'}\nfigure: {out_dir / 'figure.png'}\nruns:   {out_dir / 'results.csv'}")
+    bad = failed(records)
+    if bad:
+        print(
+            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
+        )
+        return 1
     return 0
-
-
-def _finished_records(runs: Sequence[Run], out_dir: Path) -> list[dict]:
-    import json
-
-    records = []
-    for run in runs:
-        path = out_dir / run.run_id / "summary.json"
-        summary = json.loads(path.read_text()) if path.exists() else None
-        records.append({"run_id": run.run_id, "params": run.params, "config": run.config, "summary": summary})
-    return records
 
 
 __all__ = [
     "DEFAULTS",
     "KERNEL_VARIANTS",
+    "MQARSettings",
+    "analysis_batch",
     "build_model",
     "datasets",
-    "get_key",
+    "load_trained",
     "main",
     "model_config",
     "prepare_runs",

@@ -20,13 +20,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS in MiB since the last :func:`reset_peak_rss` (Linux), else the lifetime peak."""
+def proc_status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) as an int; None where unreadable."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
-        pass
+        return None
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS in MiB since the last :func:`reset_peak_rss` (Linux), else the lifetime peak."""
+    kb = proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)

@@ -106,7 +106,8 @@ def warn_if_gpu_sized(config: dict, preset: str, experiment: str, train_flops: C
     """For a preset with ``cpu_preset`` set, run on a CPU: print its estimated time and the preset to use instead.
 
     The estimate is ``train_flops()`` (6 x parameters x training tokens, summed over the runs still to do) at this
-    CPU's measured matmul rate: a lower bound, since attention and data work come on top. Returns the message.
+    CPU's measured matmul rate: attention and data work come on top, early stopping may end runs sooner.
+    Returns the message.
     """
     if not config.get("cpu_preset") or not on_cpu(config):
         return None
@@ -114,8 +115,9 @@ def warn_if_gpu_sized(config: dict, preset: str, experiment: str, train_flops: C
     hours = flops / cpu_rate() / 3600
     when = f"{hours:.0f} hours" if hours >= 2 else f"{max(1, math.ceil(hours * 60))} minutes"
     message = (
-        f"note: preset {preset!r} is sized for a GPU; on this CPU its training alone takes at least about {when} "
-        f"(6 x params x tokens = {flops:.2g} FLOP at the measured matmul rate). The CPU-sized preset is "
+        f"note: preset {preset!r} is sized for a GPU; on this CPU its training takes about {when} "
+        f"(6 x params x tokens = {flops:.2g} FLOP at the measured matmul rate, before attention and data work). "
+        "The CPU-sized preset is "
         f"{config['cpu_preset']!r}: kernelized {experiment} --preset {config['cpu_preset']}"
     )
     print(message, file=sys.stderr)

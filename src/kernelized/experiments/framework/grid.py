@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kernelized.experiments.framework.presets import get_key, set_key
@@ -92,12 +92,19 @@ def run_id(params: Mapping, config: Mapping, ignore: Sequence[str] = ()) -> str:
     return f"{readable_id(params)}-{config_hash(config, ignore)}"
 
 
-def expand_grid(preset: Mapping, always: Sequence[str] = (), ignore: Sequence[str] = ()) -> list[Run]:
+def expand_grid(
+    preset: Mapping,
+    always: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+    resolve: Callable[[dict], dict] | None = None,
+) -> list[Run]:
     """The runs of a preset: the cartesian product of ``grid`` (first key slowest) over the fixed fields.
 
     ``always``: keys put first in every run's readable id even when they are not grid axes (e.g. kernel, seed),
     so narrowing a grid (``--kernels``, ``--seeds``) never renames a run. ``ignore``: dotted keys, besides the
-    runtime keys, that are not part of a run's identity. Deterministic; ids are unique (ValueError otherwise).
+    runtime keys, that are not part of a run's identity. ``resolve(config) -> config``: the experiment's own
+    resolution (per-task sections, "paper" values made concrete), applied before the hash, so the hash is of
+    what the run really runs. Deterministic; ids are unique (ValueError otherwise).
     """
     grid = dict(preset.get("grid") or {})
     base = {k: v for k, v in preset.items() if k != "grid"}
@@ -109,6 +116,8 @@ def expand_grid(preset: Mapping, always: Sequence[str] = (), ignore: Sequence[st
         config = copy.deepcopy(base)
         for key, value in params.items():
             set_key(config, key, copy.deepcopy(value))
+        if resolve is not None:
+            config = resolve(config)
         rid = run_id(params, config, ignore)
         if rid in seen:
             raise ValueError(f"grid values {params} and {seen[rid]} give the same run {rid!r}")

@@ -100,23 +100,37 @@ def unknown_key_error(dotted: str, schema: Mapping, where: str) -> ValueError:
     return ValueError(f"unknown key {dotted!r} in {where}; valid keys {scope} are {keys}")
 
 
-def merge(defaults: Mapping, update: Mapping, source: str, prefix: str = "") -> dict:
-    """``defaults`` updated by ``update``, recursively; an unknown key at any depth raises, naming its section."""
-    out = copy.deepcopy(dict(defaults))
+def check_keys(schema: Mapping, update: Mapping, source: str, prefix: str = "") -> None:
+    """Every key of ``update``, at any depth, is a field of ``schema``; else ValueError naming the key and the
+    valid keys of its own section. Below an empty mapping of the schema (free-form) anything goes."""
     for key, value in update.items():
         name = f"{prefix}{key}"
-        if key not in defaults:
+        if key not in schema:
             section = prefix.rstrip(".")
             scope = f"of '{section}'" if section else "at the top level"
-            raise ValueError(f"unknown key {name!r} in {source}; valid keys {scope} are {sorted(defaults)}")
-        default = defaults[key]
+            raise ValueError(f"unknown key {name!r} in {source}; valid keys {scope} are {sorted(schema)}")
+        default = schema[key]
         if isinstance(default, dict) and default and value is not None:
             if not isinstance(value, dict):
                 raise ValueError(f"{name!r} in {source} must be a mapping of {sorted(default)}, got {value!r}")
-            out[key] = merge(default, value, source, f"{name}.")
+            check_keys(default, value, source, f"{name}.")
+
+
+def deep_update(base: Mapping, update: Mapping) -> dict:
+    """A copy of ``base`` with ``update`` merged in: mappings recursively, everything else replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_update(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def merge(defaults: Mapping, update: Mapping, source: str, prefix: str = "") -> dict:
+    """``defaults`` updated by ``update`` (:func:`deep_update`) after :func:`check_keys`."""
+    check_keys(defaults, update, source, prefix)
+    return deep_update(defaults, update)
 
 
 def has_key(schema: Mapping, dotted: str) -> bool:
