@@ -2,114 +2,157 @@
 
     kernelized lm --preset tiny                              # CPU, minutes, offline (stdlib corpus)
     kernelized lm --preset tiny --kernels rebased,taylor,softmax   # one run per kernel + comparison table
-    kernelized lm --preset tiny --kernels rebased,taylor --seeds 0,1,2   # + mean ± 95% CI, paired tests
+    kernelized lm --preset tiny --kernels rebased,based --seeds 0,1,2   # + mean ± 95% CI, paired tests
     kernelized lm --preset rebased-150m --count-params       # build the model, print its size, stop
     torchrun --nproc_per_node 2 -m kernelized lm --preset tiny     # data parallel (gloo on CPU)
 
-A preset (``configs/lm/<name>.yaml`` or a path) holds ``tokenizer``, ``seq_len``, ``corpus`` (see
-:class:`kernelized.data.corpora.CorpusConfig`), ``model`` (``d_model``, ``n_layers``, a ``pattern`` of mixer
-specs repeated over the layers, ``mlp``, ``positions``, ...), ``train`` (a :class:`TrainConfig`), ``generate``
-and optionally ``kernels`` and ``seeds``. ``--set train.max_steps=50`` overrides any field.
+A preset (``configs/lm/<name>.yaml`` or a path; every field in :class:`LMSettings`) holds ``tokenizer``,
+``seq_len``, ``corpus`` (see :class:`kernelized.data.corpora.CorpusConfig`), ``model`` (``d_model``,
+``n_layers``, a ``pattern`` of mixer specs repeated over the layers, ``mlp``, ``positions``, ...), ``train``
+(a :class:`TrainConfig`), ``generate``, ``seed`` and an optional ``grid``. ``kernel`` (or ``--kernels``) puts a
+kernel into every kernel-attention layer of the pattern; unset, runs are named by the pattern's own attention.
+A run is its whole config: ``<out>/kernel=<k>_seed=<s>-<hash>/``; a changed setting is a new run.
 
 Evaluation: perplexity on the validation windows, on AR-hit targets (their bigram occurred earlier in the same
 window) and on the others, plus AR hits split by how often their bigram occurs in the training tokens; a check
 that prefill + recurrent decoding reproduces the full forward; a generated sample.
 
-Files: ``<out>/<run>/{config.yaml, metrics.jsonl, checkpoint.pt, summary.json, eval.json, sample.txt}`` and
-``<out>/{results.csv, report.md, ar_hit.png, tokens-<hash>.pt}``. Runs resume: a killed command started again
-continues from the last checkpoint; finished runs are not redone.
+Files: ``<out>/<run>/{config.yaml, metrics.jsonl, checkpoint.pt, summary.json, eval.json, result.json,
+sample.txt}`` and ``<out>/{results.csv, report.md, ar_hit.png}``; tokenized corpora go to the data cache
+(``$KERNELIZED_DATA/lm``). Runs resume: a killed command started again continues from the last checkpoint;
+finished runs are not redone.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
 import dataclasses
-import hashlib
 import json
 import math
 import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
-import yaml
 
-from kernelized import kernels
+from kernelized.data.cache import cache_path
 from kernelized.data.corpora import CorpusConfig, TokenWindows, load_corpus
 from kernelized.data.tokenizers import load_tokenizer
 from kernelized.eval.ar_hit import BigramCounts
 from kernelized.eval.perplexity import FREQUENCY_BUCKETS, bucket_name, make_lm_eval_fn, perplexities
-from kernelized.eval.stats import mean_ci, paired_comparison
-from kernelized.experiments.common import load_yaml_text
+from kernelized.experiments.framework import cli
+from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
+from kernelized.experiments.framework.presets import load_preset, read_yaml
+from kernelized.experiments.framework.reduce import comparisons, reduce_runs
+from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
+from kernelized.experiments.framework.sweep import collect, failed, finished, other_runs, run_sweep
+from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
 from kernelized.models.generation import generate, incremental_logits
 from kernelized.train import TrainConfig, Trainer, distributed, load_checkpoint, save_atomic, write_json_atomic
-
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "lm"
-MODEL_KEYS = {"d_model", "n_layers", "pattern", "mlp", "mlp_hidden", "positions", "norm", "max_len", "dropout"}
-MODEL_KEYS |= {"tie_embeddings", "vocab_multiple"}
+from kernelized.train.checkpoint import write_text_atomic
 
 
-# -- presets -----------------------------------------------------------------------------------
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+def _pattern() -> list:
+    return [{"mixer": "baseconv", "kernel_size": 3}, {"mixer": "kernel", "kernel": "rebased", "num_heads": 4}]
 
 
-def load_preset(name_or_path: str, overrides: list[str] = ()) -> dict:
-    """A preset dict from ``configs/lm/<name>.yaml`` (or a yaml path), with ``key.sub=value`` overrides applied."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ValueError(f"preset must be one of {available_presets()} or a yaml file, got {name_or_path!r}")
-    preset = load_yaml_text(path.read_text()) or {}
-    preset.setdefault("name", path.stem)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value (e.g. train.max_steps=50), got {item!r}")
-        key, value = item.split("=", 1)
-        node = preset
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part!r} is not a section of the preset")
-        node[leaf] = load_yaml_text(value)
-    return preset
+@dataclass
+class Model:
+    """A stack of ``n_layers`` blocks whose mixers repeat ``pattern``; pre-norm, MLPs, tied head."""
+
+    d_model: int = 64
+    n_layers: int | None = None  # None = len(pattern)
+    pattern: list = field(default_factory=_pattern)  # mixer specs, repeated over the layers
+    mlp: str | None = "swiglu"
+    mlp_hidden: int | None = None
+    positions: str = "learned"
+    norm: str = "layernorm"
+    max_len: int | None = None  # None = seq_len
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    vocab_multiple: int = 1  # pad the vocabulary to a multiple of this
 
 
-def model_config(preset: dict, vocab_size: int, kernel: str | None = None) -> ModelConfig:
-    """The ModelConfig of a preset; ``kernel`` replaces the kernel of every kernel-attention layer
-    ("softmax" swaps those layers for softmax attention with as many heads)."""
-    m = dict(preset["model"])
-    unknown = sorted(set(m) - MODEL_KEYS)
-    if unknown:
-        raise ValueError(f"model section has unknown keys {unknown}; expected a subset of {sorted(MODEL_KEYS)}")
-    seq_len = int(preset["seq_len"])
-    positions = m.get("positions", "learned")
+@dataclass
+class Generate:
+    prompt: str = "def "
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40
+
+
+@dataclass
+class LMSettings(ExperimentConfig):
+    """Every field of an LM preset (``configs/lm/*.yaml``)."""
+
+    kernel: str | None = None  # replaces the kernel of every kernel-attention layer; None = the pattern's own
+    tokenizer: str = "byte"
+    vocab_size: int | None = None  # for --count-params with a tokenizer that needs the network
+    seq_len: int = 128
+    corpus: dict = field(default_factory=lambda: dataclasses.asdict(CorpusConfig()), metadata={"types": CorpusConfig})
+    model: Model = field(default_factory=Model)
+    train: dict = field(default_factory=train_defaults, metadata={"types": TrainConfig})
+    generate: Generate = field(default_factory=Generate)
+
+
+DEFAULTS = defaults_of(LMSettings)
+
+
+# -- model -------------------------------------------------------------------------------------
+def pattern_kernel(model: dict) -> str:
+    """The attention of a pattern as one name: its kernels and softmax layers, ``+``-joined (``rebased``)."""
+    names = []
+    for spec in model["pattern"]:
+        if spec.get("mixer") == "kernel":
+            names.append(spec.get("kernel"))
+        elif spec.get("mixer") == "softmax":
+            names.append("softmax")
+    return "+".join(dict.fromkeys(names)) or "none"
+
+
+def resolve(config: dict) -> dict:
+    """Types checked, ``kernel`` named (the pattern's own when not set), the kernel name valid."""
+    check_types(config, LMSettings, "the preset")
+    if config["kernel"] is None:
+        config["kernel"] = pattern_kernel(config["model"])
+    elif config["kernel"] != pattern_kernel(config["model"]):
+        attention_spec(config["kernel"])
+    return config
+
+
+def model_config(config: dict, vocab_size: int) -> ModelConfig:
+    """The ModelConfig of a run: the pattern repeated over the layers, with the run's ``kernel`` in every
+    kernel-attention layer ("softmax" swaps those layers for softmax attention with as many heads)."""
+    m = config["model"]
+    seq_len = int(config["seq_len"])
+    positions = m["positions"]
     max_len = int(m.get("max_len") or seq_len)
     if positions != "none" and seq_len > max_len:
         raise ValueError(
             f"seq_len={seq_len} is longer than the {positions} positions allow (model.max_len={max_len}); "
             "raise model.max_len or use positions: none with rotary attention"
         )
-    pattern = m.get("pattern")
+    pattern = m["pattern"]
     if not isinstance(pattern, list) or not pattern:
         raise ValueError(f"model.pattern must be a non-empty list of mixer specs, got {pattern!r}")
-    n_layers = int(m.get("n_layers", len(pattern)))
+    kernel = None if config["kernel"] == pattern_kernel(m) else config["kernel"]
+    n_layers = int(m.get("n_layers") or len(pattern))
     mixers = [swap_kernel(copy.deepcopy(pattern[i % len(pattern)]), kernel, positions) for i in range(n_layers)]
-    blocks = [{"mixer": spec, "mlp": m.get("mlp", "swiglu"), "mlp_hidden": m.get("mlp_hidden")} for spec in mixers]
-    multiple = int(m.get("vocab_multiple", 1))
+    blocks = [{"mixer": spec, "mlp": m["mlp"], "mlp_hidden": m["mlp_hidden"]} for spec in mixers]
+    multiple = int(m["vocab_multiple"])
     return ModelConfig(
         vocab_size=math.ceil(vocab_size / multiple) * multiple,
         d_model=int(m["d_model"]),
         blocks=blocks,
         max_len=max_len,
         positions=positions,
-        norm=m.get("norm", "layernorm"),
-        dropout=float(m.get("dropout", 0.0)),
-        tie_embeddings=bool(m.get("tie_embeddings", True)),
+        norm=m["norm"],
+        dropout=float(m["dropout"]),
+        tie_embeddings=bool(m["tie_embeddings"]),
     )
 
 
@@ -124,99 +167,110 @@ def swap_kernel(spec: dict, kernel: str | None, positions: str) -> dict:
     return spec
 
 
-def check_kernels(names: list[str]) -> list[str]:
-    valid = kernels.available() + ["softmax"]
-    bad = [n for n in names if n not in valid]
-    if bad:
-        raise ValueError(f"--kernels must name kernels from {valid}, got {bad}")
-    return names
-
-
-def load_tokens(preset: dict, tok, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train/val token streams, tokenized once (by rank 0) and cached in ``out/tokens-<hash>.pt``: resumed and
+def load_tokens(config: dict, tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train/val token streams, tokenized once (by rank 0) and cached in the data cache
+    (``lm/tokens-<hash>.pt``, keyed by the corpus settings and the tokenizer): resumed, parallel and
     multi-process runs read the same tokens without tokenizing again."""
-    fields = {f.name for f in dataclasses.fields(CorpusConfig)}
-    unknown = sorted(set(preset.get("corpus", {})) - fields)
-    if unknown:
-        raise ValueError(f"corpus section has unknown keys {unknown}; expected a subset of {sorted(fields)}")
-    corpus = CorpusConfig(**preset.get("corpus", {}))
-    key = json.dumps({"corpus": dataclasses.asdict(corpus), "tokenizer": tok.name, "vocab": tok.vocab_size})
-    path = out / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    corpus = CorpusConfig(**config["corpus"])
+    key = {"corpus": dataclasses.asdict(corpus), "tokenizer": tok.name, "vocab": tok.vocab_size}
+    path = cache_path("lm", f"tokens-{config_hash(key)}.pt")
     if distributed.get_rank() == 0 and not path.exists():
         train, val = load_corpus(corpus, tok)
-        out.mkdir(parents=True, exist_ok=True)
-        save_atomic({"train": train, "val": val, "key": key}, path)
+        save_atomic({"train": train, "val": val, "key": json.dumps(key)}, path)
     distributed.barrier()
     cached = torch.load(path, weights_only=True)
     return cached["train"], cached["val"]
 
 
-# -- one run -----------------------------------------------------------------------------------
-def run_one(
-    preset: dict, run_dir: Path, kernel: str | None, data: dict, device: str, progress: bool, seed: int | None = None
-) -> dict:
-    """Train (or resume), evaluate, generate; returns the row of the comparison table.
+@lru_cache(maxsize=2)
+def _data(corpus_json: str, tokenizer: str, seq_len: int) -> dict:
+    config = {"corpus": json.loads(corpus_json)}
+    tok = load_tokenizer(tokenizer)
+    train, val = load_tokens(config, tok)
+    data = {"tokenizer": tok, "train": TokenWindows(train, seq_len), "val": TokenWindows(val, seq_len)}
+    data["bigrams"] = BigramCounts(train, tok.vocab_size)  # for AR hits split by training frequency
+    return data
 
-    ``seed`` (default: the preset's ``train.seed``) sets the initialisation and the data order."""
+
+def run_data(config: dict) -> dict:
+    """The tokenizer, train/val windows and bigram counts of a run (shared by runs in one process)."""
+    return _data(json.dumps(config["corpus"], sort_keys=True), config["tokenizer"], int(config["seq_len"]))
+
+
+# -- one run -----------------------------------------------------------------------------------
+def build_model(config: dict, vocab_size: int | None = None) -> LanguageModel:
+    vocab = vocab_size or load_tokenizer(config["tokenizer"]).vocab_size
+    torch.manual_seed(config["seed"])
+    return LanguageModel(model_config(config, vocab))
+
+
+def run_one(config: dict, run_dir: Path) -> dict:
+    """Train (or resume), evaluate, generate; returns the run's row of the comparison table."""
+    data = run_data(config)
     tok, train_ds, val_ds = data["tokenizer"], data["train"], data["val"]
-    cfg = model_config(preset, tok.vocab_size, kernel)
-    train = {**preset.get("train", {}), "device": device, "progress": progress}
-    if seed is not None:
-        train["seed"] = seed
-    train_cfg = TrainConfig.from_dict(train)
-    rank0 = distributed.get_rank() == 0
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump({"preset": preset, "kernel": kernel, "model": cfg.to_dict()}, sort_keys=False)
-        )
-    torch.manual_seed(train_cfg.seed)
-    model = LanguageModel(cfg)
-    eval_fn = make_lm_eval_fn(data.get("bigrams"))
-    trainer = Trainer(model, train_cfg, train_ds, val_ds, run_dir=run_dir, eval_fn=eval_fn)
+    train_cfg = TrainConfig.from_dict({**config["train"], "seed": config["seed"]})
+    model = build_model(config, tok.vocab_size)
+    trainer = Trainer(model, train_cfg, train_ds, val_ds, run_dir=run_dir, eval_fn=make_lm_eval_fn(data["bigrams"]))
     summary = trainer.fit()
-    result_path = run_dir / "eval.json"
-    if result_path.exists():  # evaluated earlier too: nothing left to do
-        return json.loads(result_path.read_text())
     if trainer.optimizer is None:  # finished earlier: fit() returned its summary without loading weights
         model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     metrics = perplexities(trainer.evaluate())  # every process takes part (sums are reduced)
-    if not rank0:
+    if distributed.get_rank() != 0:
         return {}
-    device_ = next(model.parameters()).device
-    gen = preset.get("generate", {})
-    sample = _sample(model, tok, gen, device_, train_cfg.seed)
-    window = val_ds[0][0][None].to(device_)
+    device = next(model.parameters()).device
+    window = val_ds[0][0][None].to(device)
     step_logits, sizes = incremental_logits(model, window, prefill=max(1, window.shape[1] // 2 + 1))
     with torch.no_grad():
         full = model.eval()(window)
-    row = {
-        "run": run_dir.name,
-        "kernel": kernel or "-",
-        "seed": train_cfg.seed,
-        "params": model.num_parameters(),
-        "ppl": metrics["ppl"],
-        "ar_hit_ppl": metrics["ar_hit_ppl"],
-        "other_ppl": metrics["other_ppl"],
-        "ar_hit_fraction": metrics["ar_hit_fraction"],
-        "accuracy": metrics["accuracy"],
-        "loss": metrics["loss"],
-        "train_loss": summary.get("train_loss"),
-        "steps": summary.get("steps"),
-        "train_time_s": summary.get("train_time_s"),
-        "tokens_per_s": summary.get("tokens_per_s"),
-        "decode_state_numbers": sizes[-1],
-        "decode_state_growth_per_token": sizes[-1] - sizes[-2] if len(sizes) > 1 else 0,
-        "decode_max_abs_diff": float((step_logits - full).abs().max()),
-        "eval_tokens": len(val_ds) * val_ds.seq_len,
-    }
+    row = {"run": run_dir.name, "kernel": config["kernel"], "seed": config["seed"], "params": model.num_parameters()}
+    row.update({k: metrics[k] for k in ("ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "loss")})
+    row.update({k: summary.get(k) for k in ("train_loss", "steps", "train_time_s", "tokens_per_s")})
+    row.update(
+        decode_state_numbers=sizes[-1],
+        decode_state_growth_per_token=sizes[-1] - sizes[-2] if len(sizes) > 1 else 0,
+        decode_max_abs_diff=float((step_logits - full).abs().max()),
+        eval_tokens=len(val_ds) * val_ds.seq_len,
+    )
     for name in BUCKETS:  # AR hits by how often their bigram occurs in the training tokens
-        for key in (f"ar_hit_ppl_{name}", f"ar_hit_share_{name}"):
-            if key in metrics:
-                row[key] = metrics[key]
-    (run_dir / "sample.txt").write_text(sample)
-    write_json_atomic(row, result_path)
+        row.update({k: metrics[k] for k in (f"ar_hit_ppl_{name}", f"ar_hit_share_{name}") if k in metrics})
+    write_text_atomic(_sample(model, tok, config["generate"], device, config["seed"]), run_dir / "sample.txt")
+    write_json_atomic(row, run_dir / "eval.json")
     return row
+
+
+def train_flops(runs: list[Run]) -> float:
+    total = 0.0
+    for run in runs:
+        c, t = run.config, run.config["train"]
+        with torch.device("meta"):
+            params = build_model(c, c.get("vocab_size") or 256).num_parameters()
+        steps = t.get("max_steps") or t["epochs"] * math.ceil(
+            c["corpus"]["train_tokens"] / c["seq_len"] / t["batch_size"]
+        )
+        total += 6 * params * steps * t["batch_size"] * c["seq_len"]
+    return total
+
+
+# -- what kernelized analyze needs -------------------------------------------------------------
+def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
+    """A run's config and its model with the checkpoint's weights, in eval mode."""
+    run_dir = Path(run_dir)
+    config = read_yaml(run_dir / "config.yaml")
+    model = build_model(config)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    return config, model.eval()
+
+
+def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first validation windows: ``inputs [N, L]`` and ``query_mask [N, L]``, True at the positions whose
+    prediction is an AR hit (the next token completes a bigram seen earlier in the window)."""
+    from kernelized.eval.ar_hit import ar_hit_mask
+
+    val = run_data(config)["val"]
+    pairs = [val[i] for i in range(min(num_examples, len(val)))]
+    inputs = torch.stack([x for x, _ in pairs])
+    tokens = torch.cat([inputs, torch.stack([y[-1:] for _, y in pairs])], dim=1)
+    return inputs, ar_hit_mask(tokens)[:, 1:]
 
 
 def _sample(model, tok, gen: dict, device, seed: int) -> str:
@@ -239,188 +293,176 @@ def _sample(model, tok, gen: dict, device, seed: int) -> str:
 
 
 # -- reports -----------------------------------------------------------------------------------
-COLUMNS = ["run", "kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy"]
-COLUMNS += ["train_loss", "steps", "train_time_s", "tokens_per_s", "decode_state_numbers"]
-COLUMNS += ["decode_state_growth_per_token", "decode_max_abs_diff"]
 METRICS = ["ppl", "ar_hit_ppl", "other_ppl"]
 BUCKETS = [bucket_name(lo, hi) for lo, hi in FREQUENCY_BUCKETS]
-COLUMNS += [f"ar_hit_{kind}_{name}" for name in BUCKETS for kind in ("ppl", "share")]
+RUN_COLUMNS = ["kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
+RUN_COLUMNS += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    return str(v)
+def per_kernel(records: list[dict], order: list[str]) -> tuple[list[dict], list[dict]]:
+    """Mean ± 95% CI over seeds per kernel for each perplexity, and paired comparisons of every two kernels on
+    the seeds they share (lower is better)."""
+    table = {k: {"kernel": k} for k in order}
+    pairs = []
+    for metric in METRICS:
+        rows = reduce_runs(records, ["kernel"], metric=metric, lr_key=None, mode="min")
+        for row in with_ci_column(rows, metric):
+            table[row["kernel"]].update({metric: row[metric], "seeds": row["n"]})
+        pairs += [{**c, "metric": metric} for c in comparisons(rows, "kernel", order)]
+    return [table[k] for k in order], pairs
 
 
-def _table(header: list[str], body: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in body]
-
-
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Per kernel: mean and 95% CI over seeds of each perplexity (:func:`kernelized.eval.stats.mean_ci`)."""
-    kernels_ = list(dict.fromkeys(r["kernel"] for r in rows))
-    out = []
-    for k in kernels_:
-        mine = sorted((r for r in rows if r["kernel"] == k), key=lambda r: r.get("seed") or 0)
-        cis = {m: mean_ci([r[m] for r in mine]) for m in METRICS}
-        out.append({"kernel": k, "seeds": [r.get("seed") for r in mine], **cis})
-    return out
-
-
-def write_report(rows: list[dict], out: Path, preset: dict) -> None:
-    """results.csv (one line per run), report.md (per-kernel means with 95% CIs when there are several seeds,
-    paired comparisons with the first kernel, every run) and ar_hit.png in ``out``."""
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        f"# LM preset `{preset['name']}`",
+def _bucket_table(rows: list[dict]) -> list[str]:
+    if not any(f"ar_hit_ppl_{BUCKETS[0]}" in r for r in rows):
+        return []
+    cells = []
+    for r in rows:
+        cell = {"kernel": r["kernel"], "seed": r["seed"]}
+        for b in BUCKETS:
+            cell[b] = f"{r.get(f'ar_hit_ppl_{b}', math.nan):.3f} ({r.get(f'ar_hit_share_{b}', 0):.3f})"
+        cells.append(cell)
+    headers = ["kernel", "seed"] + [f"seen {b.removeprefix('train')}x" for b in BUCKETS]
+    return [
+        "## AR hits by the bigram's count in the training tokens",
         "",
-        f"Corpus `{preset['corpus'].get('source', 'stdlib')}`, tokenizer `{preset.get('tokenizer', 'byte')}`, "
-        f"seq_len {preset['seq_len']}. Perplexity on the validation windows; AR hits are targets completing a "
-        "bigram seen earlier in the same window (Zoology), other = the rest. "
-        "decode_max_abs_diff: max |logits| difference between prefill+recurrent decoding and the full forward.",
+        "Perplexity (share of all validation targets) of AR hits whose bigram occurs that many times in the "
+        "training tokens; Zoology: rare bigrams separate the architectures.",
         "",
+        markdown_table(cells, ["kernel", "seed", *BUCKETS], headers),
     ]
-    groups = aggregate(rows)
-    if any(len(g["seeds"]) > 1 for g in groups):
-        lines += ["## Per kernel: mean ± 95% CI over seeds", ""]
-        body = [[g["kernel"], len(g["seeds"])] + [g[m].format(3) for m in METRICS] for g in groups]
-        lines += _table(["kernel", "seeds"] + METRICS, body) + [""]
-        base = groups[0]
-        paired = []
-        for g in groups[1:]:
-            common = sorted(set(g["seeds"]) & set(base["seeds"]))
-            if len(common) < 2:
-                continue
-            for m in METRICS:
-                a = [r[m] for s in common for r in rows if r["kernel"] == g["kernel"] and r.get("seed") == s]
-                b = [r[m] for s in common for r in rows if r["kernel"] == base["kernel"] and r.get("seed") == s]
-                c = paired_comparison(a, b)
-                ci = f"[{c['t_ci_low']:.3f}, {c['t_ci_high']:.3f}]"
-                paired.append([f"{g['kernel']} - {base['kernel']}", m, len(common), c["mean_diff"], ci, c["p_ttest"]])
-                paired[-1].append(f"{c['p_permutation']:.3g} (min {c['min_p']:.3g})")
-        if paired:
-            lines += ["## Paired differences (same seeds)", ""]
-            header = ["comparison", "metric", "n", "mean diff", "95% CI (t)", "p (t-test)", "p (sign flip)"]
-            lines += _table(header, paired) + [""]
-        lines += ["## Every run", ""]
-    shown = ["kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
-    shown += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
-    lines += _table(shown, [[r.get(c) for c in shown] for r in rows])
-    if any(f"ar_hit_ppl_{BUCKETS[0]}" in r for r in rows):
-        lines += [
-            "",
-            "## AR hits by the bigram's count in the training tokens",
-            "",
-            "Perplexity (share of all validation targets) of AR hits whose bigram occurs that many times in the "
-            "training tokens; Zoology: rare bigrams separate the architectures.",
-            "",
-        ]
-        cells = [
-            [r["kernel"], r.get("seed")]
-            + [f"{r.get(f'ar_hit_ppl_{b}', float('nan')):.3f} ({r.get(f'ar_hit_share_{b}', 0):.3f})" for b in BUCKETS]
-            for r in rows
-        ]
-        lines += _table(["kernel", "seed"] + [f"seen {b.removeprefix('train')}x" for b in BUCKETS], cells)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    _figure(groups, out, preset)
 
 
-def _figure(groups: list[dict], out: Path, preset: dict) -> None:
-    try:
-        import matplotlib
+def write_report(config: dict, name: str, records: list[dict], out: Path, ignored=()) -> str:
+    """report.md (per-kernel means with 95% CIs, paired comparisons, every run, AR hits by bigram count) and
+    ar_hit.png in ``out``; returns the per-kernel table."""
+    rows = [r["summary"] for r in finished(records)]
+    order = list(dict.fromkeys(r["config"]["kernel"] for r in records))
+    groups, pairs = per_kernel(records, order)
+    table = markdown_table(groups, ["kernel", "seeds", *METRICS], digits=3)
+    sig = markdown_table(
+        pairs,
+        ["metric", "a", "b", "n", "diff (95% bootstrap CI)", "p_ttest", "p_permutation", "verdict"],
+        ["metric", "a", "b", "seeds", "mean(a - b) [95% CI]", "p (paired t)", "p (sign-flip)", "verdict"],
+        digits=3,
+    )
+    figure_error = write_figure(draw_figure, out / "ar_hit.png", records, order, name)
+    lines = [
+        f"# LM preset `{name}`",
+        "",
+        status_section(records, ignored),
+        f"Corpus `{config['corpus']['source']}`, tokenizer `{config['tokenizer']}`, seq_len {config['seq_len']}. "
+        "Perplexity on the validation windows; AR hits are targets completing a bigram seen earlier in the same "
+        "window (Zoology), other = the rest. decode_max_abs_diff: max |logits| difference between "
+        "prefill+recurrent decoding and the full forward.",
+        "",
+        "## Per kernel: mean ± 95% CI over seeds",
+        "",
+        table,
+        f"({figure_error})" if figure_error else "![AR hits vs other tokens](ar_hit.png)",
+        "",
+        "## Paired differences (same seeds; lower perplexity is better, so `a < b` means a is better)",
+        "",
+        sig if pairs else "(fewer than two seeds shared by two kernels: no paired test)\n",
+        "## Every run",
+        "",
+        markdown_table(rows, RUN_COLUMNS) if rows else "(no finished run)\n",
+        *_bucket_table(rows),
+    ]
+    write_text_atomic("\n".join(lines) + "\n", out / "report.md")
+    return table
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(groups), 3.4))
-    xs = range(len(groups))
+
+def draw_figure(path: Path, records: list[dict], order: list[str], name: str) -> None:
+    """Bars: AR-hit and other-token perplexity per kernel, mean and 95% CI over seeds."""
+    import matplotlib.pyplot as plt
+
+    stats = {}
+    for key in ("ar_hit_ppl", "other_ppl"):
+        stats[key] = {r["kernel"]: r for r in reduce_runs(records, ["kernel"], key, lr_key=None, mode="min")}
+    kernels_ = [k for k in order if stats["ar_hit_ppl"].get(k, {}).get("n")]
+    if not kernels_:
+        raise ValueError("no finished run to draw")
+    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(kernels_), 3.4))
     for shift, key, label in ((-0.2, "ar_hit_ppl", "AR hits"), (0.2, "other_ppl", "other tokens")):
-        means = [g[key].mean for g in groups]
-        errs = [0.0 if math.isnan(g[key].half_width) else g[key].half_width for g in groups]
-        bars = ax.bar([x + shift for x in xs], means, width=0.4, yerr=errs, capsize=3, label=label)
+        rows = [stats[key][k] for k in kernels_]
+        errs = [0.0 if math.isnan(r["half_width"]) else r["half_width"] for r in rows]
+        bars = ax.bar([x + shift for x in range(len(rows))], [r["mean"] for r in rows], 0.4, yerr=errs, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax.set_xticks(list(xs), [g["kernel"] for g in groups])
+    ax.set_xticks(range(len(kernels_)), kernels_)
     ax.set_ylabel("validation perplexity")
-    ax.set_ylim(0, 1.3 * max(max(g["ar_hit_ppl"].mean, g["other_ppl"].mean) for g in groups))
     ax.legend(loc="upper center", ncols=2, fontsize=8)
-    n = max(len(g["seeds"]) for g in groups)
-    ax.set_title(f"lm/{preset['name']}: AR hits vs other tokens" + (f" (mean, 95% CI, {n} seeds)" if n > 1 else ""))
+    n = max(stats["ar_hit_ppl"][k]["n"] for k in kernels_)
+    ax.set_title(f"lm/{name}: AR hits vs other tokens" + (f" (mean, 95% CI, {n} seeds)" if n > 1 else ""))
+    ax.margins(y=0.25)
     fig.tight_layout()
-    fig.savefig(out / "ar_hit.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelized lm", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="tiny", help=f"one of {available_presets()} or a yaml path")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
-    p.add_argument("--kernels", default=None, help="comma-separated kernels to compare (softmax = softmax attention)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default: train.seed)")
-    p.add_argument("--out", default=None, help="output folder (default runs/lm/<preset>)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--count-params", action="store_true", help="build the model(s), print the parameter count, stop")
-    return p
+def prepare_runs(config: dict, args) -> list[Run]:
+    cli.narrow_axes(config, args)
+    if config["kernel"] is None and "kernel" not in config["grid"]:
+        config["kernel"] = pattern_kernel(config["model"])  # runs are named by their attention
+    runs = expand_grid(config, always=("kernel", "seed"), resolve=resolve)
+    vocab = config.get("vocab_size") or load_tokenizer(config["tokenizer"]).vocab_size
+    for run in runs:  # fail on a bad model or train section before reading any data
+        try:
+            with torch.device("meta"):
+                build_model(run.config, vocab)
+            TrainConfig.from_dict({**run.config["train"], "seed": run.config["seed"]})
+            CorpusConfig(**run.config["corpus"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"run {run.run_id}: {e}") from None
+    return runs
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as e:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from e
+def count_params(runs: list[Run], name: str) -> int:
+    """Build each run's model on the meta device and print its size (no data, no tokenizer download)."""
+    for run in runs:
+        vocab = run.config.get("vocab_size") or load_tokenizer(run.config["tokenizer"]).vocab_size
+        with torch.device("meta"):
+            n = build_model(run.config, vocab).num_parameters()
+        print(f"{name} kernel={run.config['kernel']}: {n:,} parameters ({n / 1e6:.1f}M)")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        preset = load_preset(args.preset, args.set)
-        names = args.kernels.split(",") if args.kernels else preset.get("kernels") or [None]
-        kernel_list = check_kernels([n for n in names if n]) if names != [None] else [None]
-        seeds = _parse_seeds(args.seeds) if args.seeds else preset.get("seeds") or [None]
-        if args.count_params:  # the preset's vocab_size stands in for a tokenizer that needs the network
-            vocab = preset.get("vocab_size") or load_tokenizer(preset.get("tokenizer", "byte")).vocab_size
-            for kernel in kernel_list:
-                with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                    model = LanguageModel(model_config(preset, vocab, kernel))
-                n = model.num_parameters()
-                print(f"{preset['name']} kernel={kernel or '-'}: {n:,} parameters ({n / 1e6:.1f}M)")
-            return 0
-        tok = load_tokenizer(preset.get("tokenizer", "byte"))
-        for kernel in kernel_list:  # fail on a bad model or train section before reading any data
-            model_config(preset, tok.vocab_size, kernel)
-        TrainConfig.from_dict(preset.get("train", {}))
-        distributed.init_from_env()
-        out = Path(args.out) if args.out else Path("runs") / "lm" / preset["name"]
-        seq_len = int(preset["seq_len"])
-        train, val = load_tokens(preset, tok, out)
-        data = {"tokenizer": tok, "train": TokenWindows(train, seq_len), "val": TokenWindows(val, seq_len)}
-        data["bigrams"] = BigramCounts(train, tok.vocab_size)  # for AR hits split by training frequency
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = []
-    for kernel in kernel_list:
-        for seed in seeds:
-            name = kernel or "model"
-            run_dir = out / (name if seed is None else f"{name}-seed{seed}")
-            row = run_one(preset, run_dir, kernel, data, args.device, progress=not args.no_progress, seed=seed)
-            rows.append(row)
-            if row and distributed.get_rank() == 0:
-                print(
-                    f"[lm] {run_dir.name}: ppl {row['ppl']:.3f}  AR-hit ppl {row['ar_hit_ppl']:.3f}  "
-                    f"other ppl {row['other_ppl']:.3f}  ({row['params']:,} params)"
-                )
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.experiment_parser("lm", __doc__, default_preset="tiny")
+    parser.add_argument("--count-params", action="store_true", help="build the model(s), print their size, stop")
+    args = parser.parse_args(argv)
+    config = load_preset("lm", args.preset, cli.overrides(args), defaults=DEFAULTS)
+    name = Path(str(args.preset)).stem
+    if args.count_params:  # the preset's vocab_size stands in for a tokenizer that needs the network
+        return count_params(prepare_runs(config, args), name)
+    runs = prepare_runs(config, args)
+    out = Path(args.out) if args.out else Path("runs/lm") / name
+    workers = cli.workers(args, config)
+    print(f"lm/{name}: {len(runs)} runs -> {out}")
+    todo = [r for r in runs if not (out / r.run_id / "result.json").exists()]
+    if not args.report_only:
+        cli.warn_if_gpu_sized(config, name, "lm", lambda: train_flops(todo))
+    if args.dry_run:
+        print("\n".join(f"  {run.run_id}" for run in runs))
+        return 0
+    distributed.init_from_env()
+    start = time.perf_counter()
+    if args.report_only:
+        records = collect(runs, out)
+    else:
+        records = run_sweep(runs, run_one, out, workers, args.launcher, not args.no_progress, "lm")
     if distributed.get_rank() == 0:
-        write_report(rows, out, preset)
-        print(f"[lm] wrote {out / 'report.md'}")
-        first = rows[0]["run"]
-        print(f"[lm] sample ({first}):\n{(out / first / 'sample.txt').read_text()[:500]}")
+        table = write_report(config, name, records, out, other_runs(runs, out))
+        print(f"\n{table}\n[lm] wrote {out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
+        done = finished(records)
+        if done:
+            print(f"[lm] sample ({done[0]['run_id']}):\n{(Path(done[0]['run_dir']) / 'sample.txt').read_text()[:500]}")
     distributed.barrier()
+    bad = failed(records)
+    if bad:
+        print(
+            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
+        )
+        return 1
     return 0

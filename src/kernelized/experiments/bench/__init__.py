@@ -40,8 +40,15 @@ from tqdm import tqdm
 
 from kernelized import cpu as cpu_kernels
 from kernelized.experiments.bench import measure
-from kernelized.experiments.bench.cases import DTYPES, build_cases, fla_available, run_decode, run_kernels
-from kernelized.experiments.bench.cases import run_models, select_cases
+from kernelized.experiments.bench.cases import (
+    DTYPES,
+    build_cases,
+    fla_available,
+    run_decode,
+    run_kernels,
+    run_models,
+    select_cases,
+)
 from kernelized.experiments.bench.report import markdown, plots, targets
 from kernelized.experiments.framework.cli import command
 from kernelized.experiments.framework.presets import available_presets, load_preset, parse_list

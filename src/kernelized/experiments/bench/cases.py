@@ -61,7 +61,7 @@ class Inputs:
         )
 
     def features(self, kernel: str, T: int) -> list[torch.Tensor]:
-        """``[q, k, v]``: q, k mapped by ``kernel``'s feature map ``[B, T, H, F]``, v ``[B, T, H, Dv]``; all need grad."""
+        """``[q, k, v]``: q, k through ``kernel``'s feature map ``[B, T, H, F]``, v ``[B, T, H, Dv]``; need grad."""
         fm, d = self.maps[kernel], self.p["head_dim"]
         with torch.no_grad():
             q = fm.query(self.rand(T, d)).to(self.dtype)
@@ -115,8 +115,9 @@ def build_cases(p: dict) -> list[Case]:
         )  # fmt: skip
     F = x.maps["rebased"].feature_dim
     if x.device == "cpu" and cpu_kernels.usable(torch.zeros(1, dtype=x.dtype)):  # the op without them, side by side
+        pytorch_path = _on_pytorch_path(_linear(x, "rebased", "chunk"))
         cases.append(
-            Case("rebased chunk (PyTorch path)", "kernelized", "chunk", _on_pytorch_path(_linear(x, "rebased", "chunk")),
+            Case("rebased chunk (PyTorch path)", "kernelized", "chunk", pytorch_path,
                  lambda T: flops_chunk(B, H, T, F, dv, C))
         )  # fmt: skip
     cases += [
