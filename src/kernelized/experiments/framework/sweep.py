@@ -57,6 +57,7 @@ def call_run(run_fn: Callable, run: Run, run_dir: Path) -> tuple[str, dict | Non
 def prepare_run_dir(run: Run, run_dir: Path, experiment: str | None = None) -> None:
     """Write ``config.yaml`` (and ``run.json``) if absent; if present it must describe the same run."""
     path = run_dir / "config.yaml"
+    run_dir.mkdir(parents=True, exist_ok=True)  # every process: run_fn may write there
     if path.exists():
         stored = read_yaml(path)
         if identity(stored) != identity(run.config):
@@ -108,6 +109,7 @@ def run_sweep(
         prepare_run_dir(run, run_dir, experiment)
         if not (run_dir / "result.json").exists():
             pending.append(run)
+    distributed.barrier()  # config.yaml written before any process starts a run
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc=out_dir.name, unit="run", disable=not progress)
     if launcher == "ray":
         finished = launch_ray(pending, call_run, run_fn, out_dir, workers, _gpus)

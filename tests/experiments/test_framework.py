@@ -1,4 +1,5 @@
-"""Presets, overrides, grids, sweeps (serial and parallel, resumable) and the reduction protocol."""
+"""The experiment framework: presets, overrides, typed schemas, run identity, sweeps (serial, parallel, Ray,
+resumable, failures), the reduction protocol, tables and figures."""
 
 from __future__ import annotations
 
@@ -7,23 +8,31 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from kernelized.eval.stats import mean_ci, paired_comparison
-from kernelized.experiments.common import (
+from kernelized.experiments.framework import (
     Run,
     available_presets,
+    collect,
+    config_hash,
     expand_grid,
     load_preset,
     markdown_table,
+    other_runs,
     pairwise_comparisons,
     reduce_runs,
     run_sweep,
+    status_section,
     with_ci_column,
+    write_figure,
     write_markdown_table,
 )
+from kernelized.experiments.framework.cli import command
+from kernelized.experiments.framework.schema import check_types, defaults_of
 
 PRESET = """
 data: {vocab_size: 64, seq_len: 32}
@@ -78,12 +87,14 @@ def test_overrides_are_parsed_by_yaml_and_may_pin_or_replace_grid_axes(preset_di
 def test_grid_axes_need_no_fixed_field_without_defaults(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train: {lr: 1e-3}\ngrid: {kernel: [a, b], seed: [0, 1]}\n")
-    assert [r.run_id for r in expand_grid(load_preset("toy", str(path)))] == [
+    ids = [r.run_id for r in expand_grid(load_preset("toy", str(path)))]
+    assert [i.rsplit("-", 1)[0] for i in ids] == [
         "kernel=a_seed=0",
         "kernel=a_seed=1",
         "kernel=b_seed=0",
         "kernel=b_seed=1",
     ]
+    assert all(re.fullmatch(r"[0-9a-f]{8}", i.rsplit("-", 1)[1]) for i in ids) and len(set(ids)) == 4
     pinned = load_preset("toy", str(path), ["kernel=b"])
     assert pinned["kernel"] == "b" and list(pinned["grid"]) == ["seed"]
     with pytest.raises(ValueError, match="unknown key 'kernal'"):
@@ -93,7 +104,7 @@ def test_grid_axes_need_no_fixed_field_without_defaults(tmp_path):
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        (["train.lrr=1"], r"unknown key 'train.lrr'.*small.yaml"),
+        (["train.lrr=1"], r"unknown key 'train.lrr'.*small.yaml.*valid keys of 'train' are \['epochs', 'lr'\]"),
         (["epochs=1"], r"unknown key 'epochs'"),
         (["train.lr"], r"key=value"),
         (["grid.train.lr=0.1"], r"non-empty list"),
@@ -135,7 +146,7 @@ def test_expand_grid_is_a_deterministic_product_with_readable_ids(preset_dir):
     assert [r.params["train.lr"] for r in runs] == [1e-3] * 4 + [3e-3] * 4  # first axis slowest
     assert [r.params["model.d_model"] for r in runs[:4]] == [16, 32, 16, 32]  # the added axis comes last
     assert runs == expand_grid(preset)
-    assert runs[0].run_id == "kernel_options=p-1_lr=0.001_seed=0_d_model=16"
+    assert runs[0].run_id.startswith("kernel_options=p-1_lr=0.001_seed=0_d_model=16-")
     assert len({r.run_id for r in runs}) == len(runs)
     assert all(re.fullmatch(r"[A-Za-z0-9._=+-]+", r.run_id) for r in runs)
     last = runs[-1].config
@@ -144,11 +155,12 @@ def test_expand_grid_is_a_deterministic_product_with_readable_ids(preset_dir):
 
 
 def test_expand_grid_edge_cases():
-    assert [(r.run_id, r.config) for r in expand_grid({"a": 1})] == [("run", {"a": 1})]
+    ((rid, config),) = [(r.run_id, r.config) for r in expand_grid({"a": 1})]
+    assert rid == f"run-{config_hash({'a': 1})}" and config == {"a": 1}
     runs = expand_grid({"x": {"lr": 1}, "y": {"lr": 2}, "grid": {"x.lr": [1], "y.lr": [2, 3]}})
-    assert runs[0].run_id == "x-lr=1_y-lr=2"  # last parts collide: full keys
+    assert runs[0].run_id.startswith("x-lr=1_y-lr=2-")  # last parts collide: full keys
     long = expand_grid({"name": "", "grid": {"name": ["n" * 300]}})[0].run_id
-    assert len(long) <= 120
+    assert len(long) <= 110
 
 
 def fake_run(config: dict, run_dir: Path) -> dict:
@@ -190,12 +202,20 @@ def test_run_sweep_keeps_going_past_a_failed_run(tmp_path):
         Run("bad", {"train": {"lr": 0.001}, "seed": 0, "fail": True}),
         Run("ok2", {"train": {"lr": 0.002}, "seed": 0}),
     ]
-    with pytest.raises(RuntimeError, match=r"1 of 3 runs failed: bad .*told to fail"):
-        run_sweep(runs, fake_run, tmp_path, progress=False)
+    records = run_sweep(runs, fake_run, tmp_path, progress=False)
+    assert [r["status"] for r in records] == ["finished", "failed", "finished"]
     assert (tmp_path / "ok2" / "result.json").exists() and not (tmp_path / "bad" / "result.json").exists()
     assert "told to fail" in (tmp_path / "bad" / "error.txt").read_text()
     with open(tmp_path / "results.csv") as f:
-        assert [row.get("status") for row in csv.DictReader(f)] == ["", "failed", ""]
+        rows = list(csv.DictReader(f))
+    assert [row["status"] for row in rows] == ["finished", "failed", "finished"]
+    assert rows[1]["error"] == "RuntimeError: this run was told to fail"
+    assert [r["status"] for r in collect(runs, tmp_path)] == ["finished", "failed", "finished"]  # --report-only
+    text = status_section(records)
+    assert "2 of 3 runs" in text and "`bad`: RuntimeError: this run was told to fail" in text
+    # a rerun tries the failed run again (and only it)
+    assert [r["status"] for r in run_sweep(runs, fake_run, tmp_path, progress=False)][1] == "failed"
+    assert (tmp_path / "bad" / "calls").read_text() == "xx" and (tmp_path / "ok" / "calls").read_text() == "x"
 
 
 def test_run_sweep_in_parallel_processes(tmp_path):
@@ -204,14 +224,17 @@ def test_run_sweep_in_parallel_processes(tmp_path):
     expected_threads = max(1, (os.cpu_count() or 1) // 2)
     assert [r["summary"]["threads"] for r in records] == [expected_threads] * 3
     assert [r["summary"]["best"]["accuracy"] for r in records] == pytest.approx([0.51, 0.52, 0.53])
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ValueError, match="--workers"):
         run_sweep(runs, fake_run, tmp_path, workers=0)
+    with pytest.raises(ValueError, match="--launcher"):
+        run_sweep(runs, fake_run, tmp_path, launcher="slurm")
 
 
 def record(kernel, lr, seed, accuracy, length=64):
     config = {"kernel": kernel, "data": {"seq_len": length}, "train": {"lr": lr}, "seed": seed}
     summary = None if accuracy is None else {"best": {"accuracy": accuracy}}
-    return {"run_id": f"{kernel}-{lr}-{seed}", "config": config, "summary": summary}
+    status = "failed" if accuracy is None else "finished"
+    return {"run_id": f"{kernel}-{lr}-{seed}", "config": config, "summary": summary, "status": status}
 
 
 def protocol_records():
@@ -296,3 +319,156 @@ def test_sweep_of_real_trainings_reduces_to_best_over_epochs(tmp_path):
     means = {lr: sum(v) / len(v) for lr, v in best_over_epochs.items()}
     assert row["lr"] == max(means, key=means.get) == 3e-2  # the larger lr learns this task in 3 epochs
     assert row["values"] == best_over_epochs[3e-2] and row["mean"] == pytest.approx(means[3e-2])
+
+
+# -- run identity ----------------------------------------------------------------------------------------------
+def test_a_run_is_its_whole_config(tmp_path):
+    base = {"train": {"lr": 0.001, "steps": 5, "progress": True}, "seed": 0, "workers": 1, "grid": {"seed": [0, 1]}}
+    runs = expand_grid(base)
+    same = expand_grid({**base, "workers": 2, "train": {**base["train"], "progress": False}})  # runtime keys only
+    assert [r.run_id for r in same] == [r.run_id for r in runs]
+    changed = expand_grid({**base, "train": {**base["train"], "steps": 6}})  # a setting that changes results
+    assert not {r.run_id for r in changed} & {r.run_id for r in runs}
+    assert [r.run_id.rsplit("-", 1)[0] for r in changed] == ["seed=0", "seed=1"]  # readable part unchanged
+    assert config_hash({"a": 1.0, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})  # order, 1.0 == 1
+    assert config_hash({"data": {"cache_dir": "x"}}, ignore=["data.cache_dir"]) == config_hash({"data": {}})
+
+    first = run_sweep(runs, fake_run, tmp_path, progress=False)
+    again = run_sweep(same, fake_run, tmp_path, progress=False)  # same config: skipped
+    assert [r["summary"] for r in again] == [r["summary"] for r in first]
+    assert all((tmp_path / r.run_id / "calls").read_text() == "x" for r in runs)
+    new = run_sweep(changed, fake_run, tmp_path, progress=False)  # changed config: new runs, old ones kept
+    assert all((tmp_path / r.run_id / "calls").read_text() == "x" for r in changed + runs)
+    assert other_runs(changed, tmp_path) == sorted(r.run_id for r in runs)
+    assert "2 run folder(s) of other settings in this folder were ignored" in status_section(
+        new, other_runs(changed, tmp_path)
+    )
+    # each folder keeps the config it ran, and says what made it
+    stored = (tmp_path / runs[0].run_id / "config.yaml").read_text()
+    assert (
+        "steps: 5" in stored
+        and json.loads((tmp_path / runs[0].run_id / "run.json").read_text())["run_id"] == runs[0].run_id
+    )
+
+
+def test_a_folder_holding_another_config_is_not_reused(tmp_path):
+    (run,) = expand_grid({"train": {"lr": 0.001}, "seed": 0})
+    run_sweep([run], fake_run, tmp_path, progress=False)
+    path = tmp_path / run.run_id / "config.yaml"
+    path.write_text(path.read_text().replace("0.001", "0.5"))  # edited by hand
+    with pytest.raises(ValueError, match="holds another config"):
+        run_sweep([run], fake_run, tmp_path, progress=False)
+
+
+def test_only_rank_zero_writes_sweep_files(tmp_path, monkeypatch):
+    from kernelized.train import distributed
+
+    monkeypatch.setattr(distributed, "get_rank", lambda: 1)
+    runs = expand_grid({"train": {"lr": 0.001}, "seed": 0, "grid": {"seed": [0, 1]}})
+    records = run_sweep(runs, fake_run, tmp_path, progress=False)
+    assert [r["status"] for r in records] == ["missing", "missing"]  # rank 1 reads nothing back it did not write
+    assert not (tmp_path / "results.csv").exists()
+    assert not any((tmp_path / r.run_id / name).exists() for r in runs for name in ("config.yaml", "result.json"))
+    assert all((tmp_path / r.run_id / "calls").exists() for r in runs)  # but every process ran the runs
+
+
+# -- typed configs ----------------------------------------------------------------------------------------------
+@dataclass
+class Inner:
+    width: int = 8
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    name: str = "x"
+    rate: float = 0.1
+    inner: Inner = field(default_factory=Inner)
+    maybe: int | None = None
+
+
+def test_typed_schema_names_unknown_keys_at_any_depth_and_wrong_types(tmp_path):
+    defaults = defaults_of(Settings)
+    assert defaults == {"name": "x", "rate": 0.1, "inner": {"width": 8, "options": {}}, "maybe": None}
+    path = tmp_path / "p.yaml"
+    path.write_text("inner: {widht: 3}\n")
+    with pytest.raises(
+        ValueError, match=r"unknown key 'inner.widht' .* valid keys of 'inner' are \['options', 'width'\]"
+    ):
+        load_preset("toy", str(path), defaults=defaults)
+    path.write_text("inner: {options: {anything: 1}}\nrate: 1\n")  # free-form below options; an int is a float
+    config = load_preset("toy", str(path), defaults=defaults)
+    check_types(config, Settings, "p.yaml")
+    for bad, pattern in (({"inner": {"width": "8x"}}, r"inner.width in p.yaml must be int, got '8x'"),
+                         ({"maybe": 1.5}, r"maybe in p.yaml must be int or null"),
+                         ({"name": True}, r"name in p.yaml must be str")):  # fmt: skip
+        with pytest.raises(ValueError, match=pattern):
+            check_types({**config, **bad}, Settings, "p.yaml")
+
+
+def test_packaged_presets_are_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"demo", "paper", "ablation"} <= set(available_presets("mqar"))
+    assert {"small", "listops"} <= set(available_presets("lra")) and "tiny" in available_presets("lm")
+
+
+# -- CLI errors, figures --------------------------------------------------------------------------------------
+def test_command_turns_user_errors_into_one_line_and_exit_2(capsys):
+    @command
+    def main(argv):
+        if argv == ["value"]:
+            raise ValueError("--thing must be positive, got -1")
+        if argv == ["file"]:
+            open("/nonexistent/file.yaml")
+        raise KeyError("a bug")
+
+    assert main(["value"]) == 2 and capsys.readouterr().err == "error: --thing must be positive, got -1\n"
+    assert main(["file"]) == 2 and "error: /nonexistent/file.yaml: No such file" in capsys.readouterr().err
+    with pytest.raises(KeyError):  # bugs are not dressed up as user errors
+        main(["bug"])
+
+
+def test_write_figure_is_atomic_and_reports_instead_of_raising(tmp_path):
+    def good(path):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([1, 2])
+        fig.savefig(path)
+        plt.close(fig)
+
+    def bad(path):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.set_yscale("log")
+        ax.plot([1, 2], [math.nan, math.nan])
+        raise ValueError("Data cannot be log-scaled")
+
+    assert write_figure(good, tmp_path / "f.png") is None and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    message = write_figure(bad, tmp_path / "g.png")
+    assert message == "figure g.png not written: ValueError: Data cannot be log-scaled"
+    assert list(tmp_path.iterdir()) == [tmp_path / "f.png"]  # no partial file left
+
+
+# -- Ray ----------------------------------------------------------------------------------------------------------
+def test_ray_launcher_gives_the_same_results_as_local(tmp_path):
+    ray = pytest.importorskip("ray")
+    from kernelized.experiments import mqar
+
+    small = ["task.num_train=64", "task.num_test=16", "train.epochs=1", "grid.seq_len=[32]", "grid.seed=[0]"]
+    small += ["grid.kernel=[softmax, based]", "train.progress=false"]
+    config = load_preset("mqar", "demo", small, defaults=mqar.DEFAULTS)
+    runs = mqar.prepare_runs(config)
+    local = run_sweep(runs, mqar.run_one, tmp_path / "local", workers=2, progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_sweep(runs, mqar.run_one, tmp_path / "ray", workers=2, launcher="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in remote] == ["finished", "finished"]
+    for a, b in zip(local, remote):
+        assert a["run_id"] == b["run_id"] and a["summary"]["best"] == b["summary"]["best"]
+        assert a["summary"]["train_loss"] == b["summary"]["train_loss"]
+    # resume is unchanged: a second call finds every run finished and trains nothing
+    assert run_sweep(runs, mqar.run_one, tmp_path / "ray", progress=False) == remote
