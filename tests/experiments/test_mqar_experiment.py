@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from kernelized.experiments import mqar
-from kernelized.experiments.common import available_presets, load_preset
+from kernelized.experiments.framework import available_presets, load_preset
 from kernelized.layers import BaseConv, KernelAttention, SoftmaxAttention
 
 TINY = {
@@ -32,7 +32,7 @@ def write_preset(tmp_path: Path, name: str = "tiny", **changes) -> Path:
 
 
 def config_for(kernel: str, **model) -> dict:
-    config = load_preset("mqar", "demo", defaults={**mqar.DEFAULTS, "workers": 1})
+    config = load_preset("mqar", "demo", defaults=mqar.DEFAULTS)
     config.pop("grid")
     config.update(kernel=kernel, seq_len=32)
     config["model"].update(model)
@@ -56,7 +56,7 @@ def test_the_papers_model():
 
 
 def test_kernel_names_resolve_to_variants_or_registered_kernels():
-    assert mqar.mixer_spec(config_for("based"))["kernel"] == "taylor"
+    assert mqar.mixer_spec(config_for("based"))["kernel"] == "taylor"  # an alias in kernels, as everywhere
     assert mqar.mixer_spec(config_for("performer"))["kernel"] == "performer"
     config = config_for("sq")
     config["kernels"] = {"sq": {"kernel": "rebased", "kernel_options": {"use_gamma": False, "normalize": False}}}
@@ -65,7 +65,7 @@ def test_kernel_names_resolve_to_variants_or_registered_kernels():
 
 
 def test_paper_pairs_and_micro_batches():
-    config = load_preset("mqar", "paper", defaults={**mqar.DEFAULTS, "workers": 1})
+    config = load_preset("mqar", "paper", defaults=mqar.DEFAULTS)
     runs = mqar.prepare_runs({**config, "grid": {"seq_len": [128, 512, 2048]}})
     assert [r.config["task"]["num_kv_pairs"] for r in runs] == [16, 128, 512]
     # the authors' effective batch 512 with micro-batches 256 at L=512, 64 at L=2048
@@ -76,7 +76,7 @@ def test_presets_expand_and_validate():
     assert {"demo", "paper", "ablation"} <= set(available_presets("mqar"))
     sizes = {}
     for name in ("demo", "paper", "ablation"):
-        config = load_preset("mqar", name, defaults={**mqar.DEFAULTS, "workers": 1})
+        config = load_preset("mqar", name, defaults=mqar.DEFAULTS)
         sizes[name] = len(mqar.prepare_runs(config))  # builds every model shape on the meta device
     assert sizes["demo"] >= 5 * 2 * 3
     assert sizes["paper"] == 5 * 5 * 4 * 4 * 5
@@ -121,7 +121,7 @@ def test_a_sweep_end_to_end_and_again(tmp_path, capsys):
     out = tmp_path / "runs"
     assert mqar.main(["--preset", str(path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    sweep = out / "tiny"
+    sweep = out
     assert "report:" in printed and str(sweep / "figure.png") in printed and "| softmax | elu |" in printed
     with open(sweep / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -132,8 +132,9 @@ def test_a_sweep_end_to_end_and_again(tmp_path, capsys):
     assert "## Significance" in report and "| 16 | 24 | softmax | elu | 2 |" in report
     assert (sweep / "figure.png").read_bytes()[:4] == b"\x89PNG"
     # the run's logged best accuracy is the one in the table
-    summary = json.loads((sweep / "kernel=elu_seq_len=16_lr=0.003_seed=0" / "summary.json").read_text())
-    evals = [json.loads(line) for line in open(sweep / "kernel=elu_seq_len=16_lr=0.003_seed=0" / "metrics.jsonl")]
+    (run,) = sweep.glob("kernel=elu_seed=0_seq_len=16_lr=0.003-*")
+    summary = json.loads((run / "summary.json").read_text())
+    evals = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert summary["best"]["accuracy"] == max(e["accuracy"] for e in evals if e["event"] == "eval")
     # a second invocation trains nothing: finished runs are skipped
     stamp = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")}
@@ -179,3 +180,55 @@ def test_a_killed_run_resumes_to_the_same_end(tmp_path, monkeypatch):
         return [{k: v for k, v in e.items() if k != "elapsed"} for e in lines if e["event"] == "eval"]
 
     assert evals("cut") == evals("full")
+
+
+def test_changed_settings_are_new_runs_and_the_report_reads_only_its_own(tmp_path, capsys):
+    """Before: rerunning into the same --out with another --set reused the old runs in 0 s and reported them
+    under the new settings."""
+    path = write_preset(tmp_path)
+    out = tmp_path / "runs"
+    argv = ["--preset", str(path), "--out", str(out), "--kernels", "elu", "--seeds", "0"]
+    assert mqar.main(argv) == 0
+    first = sorted(p.name for p in out.glob("kernel=*"))
+    assert mqar.main([*argv, "--set", "train.epochs=1", "--set", "task.num_kv_pairs=3"]) == 0
+    runs = sorted(p.name for p in out.glob("kernel=*"))
+    assert len(runs) == 2 and first[0] in runs  # a new run beside the old one
+    (new,) = set(runs) - set(first)
+    assert yaml.safe_load((out / new / "config.yaml").read_text())["train"]["epochs"] == 1
+    assert yaml.safe_load((out / first[0] / "config.yaml").read_text())["train"]["epochs"] == 2  # never rewritten
+    report = (out / "report.md").read_text()
+    assert "1 run folder(s) of other settings in this folder were ignored" in report
+    assert "(length, kv pairs) = (16, 3)" in report
+    with open(out / "results.csv") as f:
+        assert [r["run_id"] for r in csv.DictReader(f)] == [new]
+
+
+def test_report_only_with_missing_cells_and_a_failed_run(tmp_path, capsys, monkeypatch):
+    """Before: --report-only crashed on a cell without finished runs, and one failed run made the figure code
+    crash, burying the real error."""
+    path = write_preset(tmp_path)
+    out = tmp_path / "runs"
+    assert mqar.main(["--preset", str(path), "--out", str(out), "--report-only"]) == 0  # nothing run yet
+    assert "0 of 4 runs of this config finished" in (out / "report.md").read_text()
+    real = mqar.run_one
+
+    def failing(config, run_dir):
+        if config["kernel"] == "elu":
+            raise RuntimeError("elu broke")
+        return real(config, run_dir)
+
+    monkeypatch.setattr(mqar, "run_one", failing)
+    assert mqar.main(["--preset", str(path), "--out", str(out)]) == 1
+    assert "2 of 4 runs failed" in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "RuntimeError: elu broke" in report and "| 16 | 24 |" in report and "–" in report
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"  # drawn from the runs that finished
+    monkeypatch.setattr(mqar, "run_one", real)
+    assert mqar.main(["--preset", str(path), "--out", str(out)]) == 0  # the failed runs are tried again
+    assert "4 of 4 runs of this config finished" in (out / "report.md").read_text()
+
+
+def test_gpu_sized_presets_print_an_estimate_and_the_cpu_preset(capsys):
+    assert mqar.main(["--preset", "paper", "--dry-run", "--device", "cpu", "--kernels", "softmax"]) == 0
+    err = capsys.readouterr().err
+    assert "sized for a GPU" in err and "kernelized mqar --preset demo" in err and "hours" in err
