@@ -1,13 +1,13 @@
-"""kernel_error: MSE against M matches the closed-form MSE where one exists, falls as 1/M; the CLI writes its files."""
+"""kernel_error: MSE against M matches the closed-form MSE where one exists, falls as 1/M.
 
-import csv
+The command (`kernelized kernel-error`) is tested in tests/experiments/test_kernel_error_experiment.py."""
+
 import math
 
 import pytest
 import torch
 
 from kernelized.eval.kernel_error import fit_slope, kernel_error
-from kernelized.experiments import kernel_error as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,23 +44,3 @@ def test_theory_is_absent_where_no_closed_form_and_bad_input():
         kernel_error("rff", q, k, [0])
     with pytest.raises(ValueError, match="random feature map"):
         kernel_error("elu", q, k, [8])
-
-
-def test_cli_writes_table_markdown_and_plot(tmp_path, capsys):
-    argv = ["--out", str(tmp_path), "--kernels", "rff,gmm-prf,fastfood-rks", "--num-features", "8,16", "--head-dim",
-            "4", "--pairs", "8", "--draws", "20", "--no-progress"]  # fmt: skip
-    assert cli.main(argv) == 0
-    with open(tmp_path / "kernel_error.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["kernel"], int(r["num_features"])) for r in rows] == [
-        ("rff", 8), ("rff", 16), ("gmm-prf", 8), ("gmm-prf", 16), ("fastfood-rks", 8), ("fastfood-rks", 16)
-    ]  # fmt: skip
-    assert all(float(r["mse"]) > 0 for r in rows)
-    md = (tmp_path / "kernel_error.md").read_text()
-    assert "kernel-error --out" in md and "| fastfood-rks | 16 |" in md and "kernel_error.png" in md
-    assert (tmp_path / "kernel_error.png").read_bytes()[:4] == b"\x89PNG"
-    assert "log-log slope" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        cli.main(["--out", str(tmp_path), "--kernels", "rebased"])
-    with pytest.raises(SystemExit):
-        cli.main(["--out", str(tmp_path), "--num-features", "8,0"])

@@ -1,8 +1,22 @@
-"""`kernelized kernel-error --out DIR`: the random-feature estimators' error against M, as a table and a plot.
+"""`kernelized kernel-error`: the random-feature estimators' error against M, as a table and a plot.
 
-Writes ``DIR/kernel_error.csv`` (one row per kernel and M), ``DIR/kernel_error.md`` (the table, the fitted log-log
-slope per kernel, the setup) and ``DIR/kernel_error.png`` (log-log MSE against M, one line per kernel, dashed
-closed-form MSE where one exists). See :mod:`kernelized.eval.kernel_error` for the quantities.
+    kernelized kernel-error                                   # preset `default` -> runs/kernel-error/
+    kernelized kernel-error --out docs --no-progress          # the published docs/kernel_error.md
+    kernelized kernel-error --kernels rff,performer --num-features 8,32,128 --set draws=50
+
+The settings are a preset, ``configs/kernel-error/<name>.yaml`` (``--preset``, default ``default``), validated
+against :class:`KernelErrorConfig`; ``--set key=value`` overrides a field (repeatable), and ``--kernels`` /
+``--num-features`` are shortcuts for the ``kernels`` and ``num_features`` fields. ``--out`` defaults to
+``runs/kernel-error``.
+
+A kernel that cannot take one of the Ms (FastFood needs whole blocks: M a multiple of the padded head dim;
+generators need M >= 2) has that (kernel, M) cell skipped with a ``note:``; the report lists the skipped cells
+and every other cell is still measured.
+
+Writes ``OUT/kernel_error.csv`` (one row per kernel and M), ``OUT/kernel_error.md`` (the table, the fitted log-log
+slope per kernel, the setup, the skipped cells) and ``OUT/kernel_error.png`` (log-log MSE against M, one line per
+kernel, dotted closed-form MSE where one exists), each atomically. See :mod:`kernelized.eval.kernel_error` for the
+quantities.
 """
 
 from __future__ import annotations
@@ -11,52 +25,107 @@ import argparse
 import csv
 import io
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from kernelized.eval.kernel_error import DEFAULT_SPECS, fit_slope, kernel_error_table
-from kernelized.experiments.common import markdown_table
+from kernelized.eval.kernel_error import DEFAULT_SPECS, fit_slope, kernel_error
+from kernelized.experiments.framework.cli import command
+from kernelized.experiments.framework.presets import load_preset, parse_list
+from kernelized.experiments.framework.schema import check_types, defaults_of
+from kernelized.experiments.framework.tables import markdown_table, write_figure
 from kernelized.train.checkpoint import write_text_atomic
 
 COLUMNS = [
     "kernel", "num_features", "feature_dim", "draws", "mse", "mse_se", "variance", "bias2", "rel_rmse", "mse_theory",
 ]  # fmt: skip
+DEFAULT_OUT = "runs/kernel-error"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+@dataclass
+class KernelErrorConfig:
+    """A kernel-error preset: pairs ``q, k ~ N(0, input_scale^2 I)`` of shape ``[pairs, num_heads, head_dim]``."""
+
+    kernels: list[str] = field(default_factory=lambda: list(DEFAULT_SPECS))  # names of DEFAULT_SPECS
+    num_features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # the Ms (random frequencies)
+    head_dim: int = 16
+    num_heads: int = 2
+    pairs: int = 64  # (q, k) pairs per head
+    input_scale: float = 0.5  # q, k ~ N(0, scale^2 I) before the d^-1/4 scaling
+    draws: int = 200  # independent draws per kernel and M
+    seed: int = 0
+    standardize: bool = True  # GMM spectra set to mu = 0, Sigma = I (False: keep their initialisation)
+
+
+def check_values(config: dict, source: str) -> None:
+    """Kernels known, Ms and sizes >= 1, draws >= 2 (a variance needs two), the input scale positive."""
+    unknown = [n for n in config["kernels"] if n not in DEFAULT_SPECS]
+    if unknown or not config["kernels"]:
+        raise ValueError(
+            f"kernels in {source}: unknown {unknown or 'none given'}; the kernels are {list(DEFAULT_SPECS)}"
+        )
+    if not config["num_features"] or min(config["num_features"]) < 1:
+        raise ValueError(f"num_features in {source} must be integers >= 1, got {config['num_features']!r}")
+    for key, least in (("head_dim", 1), ("num_heads", 1), ("pairs", 1), ("draws", 2)):
+        if config[key] < least:
+            raise ValueError(f"{key} in {source} must be >= {least}, got {config[key]!r}")
+    if not config["input_scale"] > 0:
+        raise ValueError(f"input_scale in {source} must be > 0, got {config['input_scale']!r}")
+
+
+def load_config(args: argparse.Namespace) -> dict:
+    """The preset over :class:`KernelErrorConfig`'s defaults, then ``--set``, ``--kernels``, ``--num-features``."""
+    config = load_preset("kernel-error", args.preset, args.set, defaults=defaults_of(KernelErrorConfig))
+    source = f"kernel-error preset {args.preset!r}"
+    if config.pop("grid"):
+        raise ValueError(f"{source}: kernel-error takes no grid (kernels and num_features are its axes)")
+    config["kernels"] = parse_list(args.kernels, "--kernels") or config["kernels"]
+    config["num_features"] = parse_list(args.num_features, "--num-features", int) or config["num_features"]
+    check_types(config, KernelErrorConfig, source)
+    check_values(config, source)
+    return config
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="kernelized kernel-error", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--kernels", default=",".join(DEFAULT_SPECS), help="comma-separated kernel names")
-    p.add_argument("--num-features", type=_int_list, default=[16, 32, 64, 128, 256], help="the Ms, comma-separated")
-    p.add_argument("--head-dim", type=int, default=16)
-    p.add_argument("--num-heads", type=int, default=2)
-    p.add_argument("--pairs", type=int, default=64, help="(q, k) pairs per head")
-    p.add_argument("--input-scale", type=float, default=0.5, help="q, k ~ N(0, scale^2 I) before the d^-1/4 scaling")
-    p.add_argument("--draws", type=int, default=200, help="independent draws per kernel and M")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-standardize", action="store_true", help="keep GMM spectra at their initialisation")
+    p = argparse.ArgumentParser(
+        prog="kernelized kernel-error", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--preset", default="default", help="a name in configs/kernel-error/ or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. draws=50 or standardize=false (repeatable)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--kernels", default=None, help=f"comma-separated, some of {','.join(DEFAULT_SPECS)}")
+    p.add_argument("--num-features", default=None, help="the Ms, comma-separated (the preset's num_features)")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    for name in ("head_dim", "num_heads", "pairs", "draws"):
-        if getattr(args, name) < (2 if name == "draws" else 1):
-            p.error(f"--{name.replace('_', '-')} must be >= {2 if name == 'draws' else 1}, got {getattr(args, name)}")
-    names = [n.strip() for n in args.kernels.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DEFAULT_SPECS]
-    if unknown or not names:
-        p.error(f"--kernels must name some of {list(DEFAULT_SPECS)}, got {args.kernels!r}")
-    args.kernel_names = names
-    return args
+    return p.parse_args(argv)
+
+
+def measure(config: dict, progress: bool) -> tuple[list[dict], list[dict]]:
+    """The rows of :func:`kernel_error` per (kernel, M), and the skipped cells ``{kernel, num_features, reason}``:
+    those where building or evaluating the kernel at that M raised ValueError (a note on stderr says why)."""
+    g = torch.Generator().manual_seed(config["seed"])
+    shape = (config["pairs"], config["num_heads"], config["head_dim"])
+    q = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
+    k = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
+    cells = [(name, M) for name in config["kernels"] for M in config["num_features"]]
+    rows, skipped = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny draws: threads only contend
+    try:
+        for name, M in tqdm(cells, desc="kernel error", disable=not progress):
+            try:
+                rows += kernel_error(name, q, k, [M], config["draws"], config["seed"], DEFAULT_SPECS[name],
+                                     config["standardize"])  # fmt: skip
+            except ValueError as e:  # this kernel cannot take this M (e.g. FastFood's whole blocks)
+                print(f"note: skipped {name} at M={M}: {e}", file=sys.stderr)
+                skipped.append({"kernel": name, "num_features": M, "reason": str(e)})
+    finally:
+        torch.set_num_threads(threads)
+    return rows, skipped
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -68,10 +137,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
     write_text_atomic(buf.getvalue(), path)
 
 
-def write_plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_plot(path: Path, rows: list[dict], title: str) -> None:
+    """Log-log MSE (bars: 2 s.e.) and relative RMSE against M, one line per kernel; dotted: closed-form MSE."""
     import matplotlib.pyplot as plt
 
     fig, (ax, ax_rel) = plt.subplots(1, 2, figsize=(12, 5))
@@ -98,29 +165,39 @@ def write_plot(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
-def write_markdown(rows: list[dict], path: Path, args: argparse.Namespace, command: str) -> str:
+def _slopes_and_checks(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Per kernel: the fitted log-log slope of MSE against M, and measured / closed-form MSE where one exists."""
     names = list(dict.fromkeys(r["kernel"] for r in rows))
-    slopes = []
+    slopes, checks = [], []
     for name in names:
-        s, se = fit_slope([r for r in rows if r["kernel"] == name])
+        rs = [r for r in rows if r["kernel"] == name]
+        s, se = fit_slope(rs)
         slopes.append({"kernel": name, "slope": s, "± 2 se": 2 * se})
-    checks = []
-    for name in names:
-        rs = [r for r in rows if r["kernel"] == name and not math.isnan(r["mse_theory"])]
-        if rs:
-            ratios = ", ".join(f"{r['mse'] / r['mse_theory']:.3f} (M={r['num_features']})" for r in rs)
+        exact = [r for r in rs if not math.isnan(r["mse_theory"])]
+        if exact:
+            ratios = ", ".join(f"{r['mse'] / r['mse_theory']:.3f} (M={r['num_features']})" for r in exact)
             checks.append(f"- {name}: measured / closed-form MSE = {ratios}")
+    return slopes, checks
+
+
+def _skipped_section(skipped: list[dict]) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["## Skipped cells", "", "Kernels that cannot take these numbers of features (not measured):", ""]
+    return [*lines, *(f"- {s['kernel']} at M={s['num_features']}: {s['reason']}" for s in skipped), ""]
+
+
+def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: dict, command: str,
+                   figure_error: str | None = None) -> str:  # fmt: skip
+    slopes, checks = _slopes_and_checks(rows)
     setup = (
-        f"q, k ~ N(0, {args.input_scale}^2 I), {args.pairs} pairs x {args.num_heads} heads, head dim d = "
-        f"{args.head_dim} (inputs scaled by d^-1/4 inside each map), {args.draws} independent draws per kernel and "
-        f"M, seed {args.seed}, float64."
+        f"q, k ~ N(0, {config['input_scale']}^2 I), {config['pairs']} pairs x {config['num_heads']} heads, head dim "
+        f"d = {config['head_dim']} (inputs scaled by d^-1/4 inside each map), {config['draws']} independent draws "
+        f"per kernel and M, seed {config['seed']}, float64."
     )
     text = "\n".join(
         [
@@ -128,10 +205,11 @@ def write_markdown(rows: list[dict], path: Path, args: argparse.Namespace, comma
             "",
             f"Generated by `{command}`.",
             "",
-            setup + (" GMM spectra set to mu = 0, Sigma = I." if not args.no_standardize else ""),
+            setup + (" GMM spectra set to mu = 0, Sigma = I." if config["standardize"] else ""),
             "",
-            "![MSE against M](kernel_error.png)",
+            f"({figure_error})" if figure_error else "![MSE against M](kernel_error.png)",
             "",
+            *_skipped_section(skipped),
             "## Log-log slope of MSE against M (-1 for an unbiased estimator with independent draws)",
             "",
             markdown_table(slopes, digits=3),
@@ -161,30 +239,23 @@ def write_markdown(rows: list[dict], path: Path, args: argparse.Namespace, comma
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(argv or [])
+@command
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    g = torch.Generator().manual_seed(args.seed)
-    shape = (args.pairs, args.num_heads, args.head_dim)
-    q = args.input_scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-    k = args.input_scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-    specs = {n: DEFAULT_SPECS[n] for n in args.kernel_names}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny draws: threads only contend
-    try:
-        rows = kernel_error_table(
-            q, k, args.num_features, specs, draws=args.draws, seed=args.seed, standardize=not args.no_standardize,
-            progress=not args.no_progress,
-        )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    config = load_config(args)
+    rows, skipped = measure(config, progress=not args.no_progress)
+    if not rows:
+        raise ValueError("every (kernel, M) cell was skipped (see the notes above); nothing to write")
     out = args.out
-    command = "kernelized kernel-error " + " ".join(argv)
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "kernel_error.csv")
-    write_plot(rows, out / "kernel_error.png", f"random-feature kernel error, d = {args.head_dim}")
-    write_markdown(rows, out / "kernel_error.md", args, command)
-    for name in specs:
-        s, se = fit_slope([r for r in rows if r["kernel"] == name])
-        print(f"{name:>15}: log-log slope {s:+.3f} ± {2 * se:.3f}")
-    print(f"wrote {out / 'kernel_error.md'}, .csv, .png")
+    title = f"random-feature kernel error, d = {config['head_dim']}"
+    figure_error = write_figure(draw_plot, out / "kernel_error.png", rows, title)
+    if figure_error:
+        print(f"note: {figure_error}", file=sys.stderr)
+    write_markdown(rows, skipped, out / "kernel_error.md", config, "kernelized kernel-error " + " ".join(argv),
+                   figure_error)  # fmt: skip
+    for slope in _slopes_and_checks(rows)[0]:
+        print(f"{slope['kernel']:>15}: log-log slope {slope['slope']:+.3f} ± {slope['± 2 se']:.3f}")
+    print(f"wrote {out / 'kernel_error.md'}, .csv, .png" + (f"; skipped {len(skipped)} cell(s)" if skipped else ""))
     return 0

@@ -1,0 +1,93 @@
+"""`kernelized kernel-error`: presets and --set, skipped (kernel, M) cells, user errors as `error:` and exit 2.
+
+Tiny runs (3 draws, 4 pairs, two small Ms): they check the command's machinery, not the estimators (those are
+tested in tests/eval/test_kernel_error.py).
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from kernelized import cli
+from kernelized.eval.kernel_error import DEFAULT_SPECS
+from kernelized.experiments import kernel_error
+from kernelized.experiments.framework.presets import load_preset
+from kernelized.experiments.framework.schema import defaults_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--set", "draws=3", "--set", "pairs=4", "--set", "head_dim=4", "--no-progress"]
+
+
+def _rows(out) -> list[dict]:
+    with open(out / "kernel_error.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_preset_holds_the_documented_defaults():
+    config = load_preset("kernel-error", "default", defaults=defaults_of(kernel_error.KernelErrorConfig))
+    assert config.pop("grid") == {}
+    assert config == defaults_of(kernel_error.KernelErrorConfig)
+    assert config["kernels"] == list(DEFAULT_SPECS) and config["num_features"] == [16, 32, 64, 128, 256]
+    assert (config["head_dim"], config["num_heads"], config["pairs"], config["draws"]) == (16, 2, 64, 200)
+    assert (config["input_scale"], config["seed"], config["standardize"]) == (0.5, 0, True)
+
+
+def test_preset_and_set_change_the_output(tmp_path, capsys):
+    argv = ["--kernels", "rff,gmm-prf", "--num-features", "8,16", *TINY]
+    assert kernel_error.main(["--out", str(tmp_path / "a"), *argv]) == 0
+    rows = _rows(tmp_path / "a")
+    assert [(r["kernel"], int(r["num_features"])) for r in rows] == [("rff", 8), ("rff", 16), ("gmm-prf", 8),
+                                                                       ("gmm-prf", 16)]  # fmt: skip
+    assert {r["draws"] for r in rows} == {"3"} and all(float(r["mse"]) > 0 for r in rows)
+    md = (tmp_path / "a" / "kernel_error.md").read_text()
+    assert "4 pairs x 2 heads, head dim d = 4" in md and "3 independent draws" in md and "--set draws=3" in md
+    assert "| gmm-prf | 16 |" in md and "Skipped cells" not in md
+    assert (tmp_path / "a" / "kernel_error.png").read_bytes()[:4] == b"\x89PNG"
+    assert "log-log slope" in capsys.readouterr().out
+    assert kernel_error.main(["--out", str(tmp_path / "b"), *argv, "--set", "seed=1"]) == 0
+    assert [r["mse"] for r in _rows(tmp_path / "b")] != [r["mse"] for r in rows]  # another seed, other draws
+    preset = tmp_path / "mine.yaml"  # a preset file: its fields, the rest defaults
+    preset.write_text("kernels: [performer]\nnum_features: [4, 8]\ndraws: 3\npairs: 4\nstandardize: false\n")
+    assert kernel_error.main(["--out", str(tmp_path / "c"), "--preset", str(preset), "--no-progress"]) == 0
+    assert [(r["kernel"], r["num_features"]) for r in _rows(tmp_path / "c")] == [("performer", "4"), ("performer", "8")]
+    assert "GMM spectra set" not in (tmp_path / "c" / "kernel_error.md").read_text()
+
+
+def test_a_kernel_that_cannot_take_an_m_is_skipped_with_a_note(tmp_path, capsys):
+    # FastFood needs whole blocks: M a multiple of the padded head dim (8 here), so M=4 cannot be built
+    argv = ["--out", str(tmp_path), "--kernels", "rff,fastfood-rks", "--num-features", "4,8", *TINY, "--set",
+            "head_dim=8"]  # fmt: skip
+    assert kernel_error.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped fastfood-rks at M=4: " in err and "multiple of the padded head dim 8" in err
+    assert "rff at M" not in err
+    rows = _rows(tmp_path)
+    assert [(r["kernel"], int(r["num_features"])) for r in rows] == [("rff", 4), ("rff", 8), ("fastfood-rks", 8)]
+    md = (tmp_path / "kernel_error.md").read_text()
+    assert "## Skipped cells" in md and "- fastfood-rks at M=4: num_features must be a multiple" in md
+    assert "| fastfood-rks | 8 |" in md and (tmp_path / "kernel_error.png").is_file()
+
+
+def test_bad_input_exits_2_with_an_error_line(tmp_path, capsys, monkeypatch):
+    out = ["--out", str(tmp_path / "out"), "--no-progress"]
+    for argv, expected in (
+        (["--set", "draws=1"], "draws"),
+        (["--kernels", "rff,rebased"], "['rebased']"),
+        (["--num-features", "8,0"], "num_features"),
+        (["--num-features", "8,x"], "--num-features"),
+        (["--set", "drawz=3"], "'drawz'"),
+        (["--set", "pairs=many"], "pairs"),
+        (["--preset", "nope"], "--preset"),
+        (["--kernels", "fastfood-rks", "--num-features", "3", *TINY], "every (kernel, M) cell was skipped"),
+    ):
+        assert kernel_error.main(out + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith("error: ") and expected in err, (argv, err)
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert cli.main(["kernel-error", "--set", "draws=1"]) == 2  # `kernelized kernel-error` is the same command
+    monkeypatch.chdir(tmp_path)  # without --out: runs/kernel-error
+    assert kernel_error.main(["--kernels", "rff", "--num-features", "4,8", *TINY]) == 0
+    assert (tmp_path / "runs" / "kernel-error" / "kernel_error.md").is_file()
