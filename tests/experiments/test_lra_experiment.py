@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -51,29 +52,28 @@ def test_all_writes_table_with_cis_figure_and_stable_run_dirs(tmp_path, capsys):
         exp.main(["--task", "listops", "--kernel", "elu", "--seeds", "0", "--preset", str(preset), "--out", str(out)])
         == 0
     )
-    first = out / "task=listops_kernel=elu_seed=0"
+    (first,) = out.glob("task=listops_kernel=elu_seed=0-*")
     stamp = (first / "train" / "metrics.jsonl").read_text()
     printed = capsys.readouterr().out
     assert "| listops | elu |" in printed and "steps/s" in printed and "peak MB" in printed
 
     assert exp.main(["--all", "--preset", str(preset), "--out", str(out), "--no-progress"]) == 0
     assert (first / "train" / "metrics.jsonl").read_text() == stamp
-    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    dirs = sorted(p.name.rsplit("-", 1)[0] for p in out.iterdir() if p.is_dir())
     assert dirs == [f"task=listops_kernel={k}_seed={s}" for k in ("elu", "softmax") for s in (0, 1)]
     rows = json.loads((out / "table.json").read_text())
     assert {(r["task"], r["kernel"], r["n"]) for r in rows} == {("listops", "elu", 2), ("listops", "softmax", 2)}
     for row in rows:
         accs = [
-            json.loads((out / f"task=listops_kernel={row['kernel']}_seed={s}" / "result.json").read_text())["test"][
-                "accuracy"
-            ]
+            json.loads((run / "result.json").read_text())["test"]["accuracy"]
             for s in (0, 1)
+            for run in out.glob(f"task=listops_kernel={row['kernel']}_seed={s}-*")
         ]
         assert row["mean"] == pytest.approx(sum(accs) / 2)
         assert row["low"] <= row["mean"] <= row["high"]
         assert row["steps/s"] > 0 and row["peak MB"] > 0
     report = (out / "report.md").read_text()
-    assert "±" in report and "published" in report and "36.37" in report
+    assert "±" in report and "published" in report and "36.37" in report and "| 10.00 |" in report  # chance
     assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
@@ -81,7 +81,8 @@ def test_all_writes_table_with_cis_figure_and_stable_run_dirs(tmp_path, capsys):
 
 def test_run_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
     preset = exp.load_preset("lra", str(tiny_preset(tmp_path)), defaults=exp.DEFAULTS)
-    config = copy.deepcopy(exp.expand_grid(preset)[2])  # elu, seed 0
+    config = copy.deepcopy(exp.expand_grid(preset, always=("task", "kernel", "seed"), resolve=exp.resolve)[2])
+    assert (config.config["kernel"], config.config["seed"]) == ("elu", 0)
     config.config["train"].update(max_steps=6, checkpoint_every=2)
     clean = exp.run_one(copy.deepcopy(config.config), tmp_path / "clean")
 
@@ -106,7 +107,7 @@ def test_run_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
 
 def test_pathfinder_and_retrieval_runs(tmp_path):
     preset = exp.load_preset("lra", str(tiny_preset(tmp_path)), defaults=exp.DEFAULTS)
-    base = exp.expand_grid(preset)[0].config
+    base = exp.expand_grid(preset)[0].config  # unresolved: run_one resolves per_task for the task it runs
     pf = copy.deepcopy(base) | {"task": "pathfinder", "kernel": "gmm-prf"}
     summary = exp.run_one(pf, tmp_path / "pf")
     assert summary["max_len"] == 256 and 0.0 <= summary["test"]["accuracy"] <= 1.0
@@ -123,20 +124,67 @@ def test_pathfinder_and_retrieval_runs(tmp_path):
     assert summary["num_train"] == 12 and summary["max_len"] == 24
 
 
-def test_bad_input(tmp_path):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "lisops"], "task must be one of .*got 'lisops'"),
+        (["--task", "listops", "--kernel", "gauss"], "kernel must be one of .*got 'gauss'"),
+        (["--set", "model.width=3"], "unknown key 'model.width'.*valid keys of 'model' are"),
+        (["--set", "per_task.listops.model.widht=3"], "unknown key 'per_task.listops.model.widht'"),
+        (["--set", "per_task.listops.data.generate.max_depth=2"], None),  # below a free-form mapping: accepted
+        (["--set", "per_task.lisops.model.d_model=8"], "per_task.lisops .* not one of"),
+        (["--set", "per_task.text.model.d_model=8"], None),  # a task the preset has no section for yet
+        (["--set", "model.d_model=big"], "model.d_model .* must be int, got 'big'"),
+    ],
+)
+def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
+    """Before: a typo inside per_task.*.model was ignored, and errors printed tracebacks."""
     preset = tiny_preset(tmp_path)
-    with pytest.raises(ValueError, match="task must be one of .*got 'lisops'"):
-        exp.main(["--task", "lisops", "--preset", str(preset)])
-    with pytest.raises(ValueError, match="kernel must be one of .*got 'gauss'"):
-        exp.main(["--task", "listops", "--kernel", "gauss", "--preset", str(preset)])
-    with pytest.raises(ValueError, match="unknown key 'model.width'"):
-        exp.main(["--all", "--preset", str(preset), "--set", "model.width=3"])
-    with pytest.raises(ValueError, match="per_task.listops has unknown field"):
-        exp.main(["--all", "--preset", str(tiny_preset(tmp_path, "bad", per_task={"listops": {"modle": {}}}))])
+    code = exp.main(["--preset", str(preset), "--dry-run", *argv])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0 and not err
+    else:
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+        assert re.search(message, err), err
+
+
+def test_missing_data_and_too_long_sequences(tmp_path, capsys):
+    preset = tiny_preset(tmp_path)
     missing = tiny_preset(tmp_path, "missing", data={"path": str(tmp_path / "nowhere")})
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        exp.main(["--all", "--preset", str(missing), "--out", str(tmp_path / "o")])
+    assert exp.main(["--preset", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert "data.path" in capsys.readouterr().err
     # sequences longer than the model allows: a clear error naming the file, before any training
     short = exp.load_preset("lra", str(preset), ["data.max_len=4"], defaults=exp.DEFAULTS)
     with pytest.raises(ValueError, match=r"basic_train.tsv: example \d+ has \d+ tokens, more than max_len=4"):
         exp.run_one(exp.expand_grid(short)[0].config, tmp_path / "short")
+
+
+def test_generated_data_goes_to_the_data_cache_not_the_working_directory(tmp_path, monkeypatch):
+    """Before: generated LRA data went to ./runs/lra/data whatever --out said."""
+    monkeypatch.setenv("KERNELIZED_DATA", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    path = tiny_preset(tmp_path)
+    preset = yaml.safe_load(path.read_text())
+    preset["data"].pop("cache_dir")
+    path.write_text(yaml.safe_dump(preset))
+    argv = [
+        "--preset",
+        str(path),
+        "--kernels",
+        "softmax",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert exp.main(argv) == 0
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache" / "lra").iterdir()] == ["listops"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "tiny.yaml"]
+
+
+def test_full_size_presets_warn_on_a_cpu(capsys):
+    assert exp.main(["--preset", "listops", "--kernel", "elu", "--dry-run", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "sized for a GPU" in err and "kernelized lra --preset small" in err

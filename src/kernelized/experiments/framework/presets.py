@@ -186,7 +186,7 @@ def load_preset(
     source = str(path)
     grid = preset.pop("grid", None)
     config = merge(defaults, preset, source) if defaults is not None else copy.deepcopy(preset)
-    schema = copy.deepcopy(config) if defaults is not None else None
+    schema = defaults  # free-form sections (empty in the defaults) stay free-form even where the preset fills them
     config["grid"] = _check_grid(copy.deepcopy(grid) if grid is not None else {}, source, schema)
     apply_overrides(config, parse_overrides(overrides), schema, f"--set (preset {source})")
     return config
