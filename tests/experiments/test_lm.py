@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from kernelized.experiments import lm
+from kernelized.experiments.framework import available_presets, load_preset
 from kernelized.train import Trainer, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -14,7 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def write_preset(tmp_path, **changes) -> str:
     """A very small preset: 2 layers (BaseConv, ReBased), width 16, windows of 32 bytes, a few steps."""
     preset = {
-        "name": "unit",
         "tokenizer": "byte",
         "seq_len": 32,
         "corpus": {"source": "stdlib", "train_tokens": 6000, "val_tokens": 1024, "val_fraction": 0.2},
@@ -54,17 +54,18 @@ def test_compare_mode_writes_table_sample_and_exact_decoding(tmp_path, capsys):
     # the kernel state does not grow while decoding; the softmax KV cache does
     assert int(rows[0]["decode_state_growth_per_token"]) == 0 < int(rows[1]["decode_state_growth_per_token"])
     assert "| kernel |" in (out / "report.md").read_text() and (out / "ar_hit.png").exists()
-    sample = (out / "rebased" / "sample.txt").read_text()
+    sample = (run_dir(out) / "sample.txt").read_text()
     assert sample.startswith("def ")
-    cfg = yaml.safe_load((out / "softmax" / "config.yaml").read_text())
-    assert {b["mixer"]["mixer"] for b in cfg["model"]["blocks"]} == {"baseconv", "softmax"}
+    _, model = lm.load_trained(run_dir(out, "softmax"))
+    assert {b["mixer"]["mixer"] for b in model.cfg.blocks} == {"baseconv", "softmax"}
+    assert yaml.safe_load((run_dir(out, "softmax") / "config.yaml").read_text())["kernel"] == "softmax"
     # AR hits split by the bigram's count in the training tokens: the shares add up to all AR hits
-    ev = json.loads((out / "rebased" / "eval.json").read_text())
+    ev = json.loads((run_dir(out) / "eval.json").read_text())
     shares = [ev[f"ar_hit_share_{b}"] for b in lm.BUCKETS]
     assert abs(sum(shares) - ev["ar_hit_fraction"]) < 1e-9 and all(ev[f"ar_hit_ppl_{b}"] > 1 for b in lm.BUCKETS)
     assert "AR hits by the bigram's count in the training tokens" in (out / "report.md").read_text()
     # better than the untrained model (uniform over 257 bytes: perplexity 257)
-    assert json.loads((out / "rebased" / "eval.json").read_text())["ppl"] < 0.8 * 257
+    assert json.loads((run_dir(out) / "eval.json").read_text())["ppl"] < 0.8 * 257
     # a finished run is not redone: same numbers, no new training
     before = (out / "results.csv").read_text()
     assert lm.main(argv) == 0
@@ -89,16 +90,19 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
         lm.main(argv + ["--out", str(tmp_path / "killed")])
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     assert lm.main(argv + ["--out", str(tmp_path / "killed")]) == 0
-    a = load_checkpoint(tmp_path / "straight" / "model" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "killed" / "model" / "checkpoint.pt")["model"]
+    straight, killed = run_dir(tmp_path / "straight"), run_dir(tmp_path / "killed")
+    assert straight.name == killed.name  # a run without --kernels is named by its pattern's kernel
+    a = load_checkpoint(straight / "checkpoint.pt")["model"]
+    b = load_checkpoint(killed / "checkpoint.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ea = json.loads((tmp_path / "straight" / "model" / "eval.json").read_text())
-    eb = json.loads((tmp_path / "killed" / "model" / "eval.json").read_text())
-    assert ea["ppl"] == eb["ppl"] and ea["ar_hit_ppl"] == eb["ar_hit_ppl"]
-    # killed after training, before its evaluation was written: the weights come back from the checkpoint
-    (tmp_path / "killed" / "model" / "eval.json").unlink()
+    ea = json.loads((straight / "eval.json").read_text())
+    eb = json.loads((killed / "eval.json").read_text())
+    assert ea["ppl"] == eb["ppl"] and ea["ar_hit_ppl"] == eb["ar_hit_ppl"] and ea["kernel"] == "rebased"
+    # killed after training, before its evaluation was recorded: the weights come back from the checkpoint
+    (killed / "result.json").unlink()
+    (killed / "eval.json").unlink()
     assert lm.main(argv + ["--out", str(tmp_path / "killed")]) == 0
-    again = json.loads((tmp_path / "killed" / "model" / "eval.json").read_text())
+    again = json.loads((killed / "eval.json").read_text())
     assert again["ppl"] == ea["ppl"] and again["decode_max_abs_diff"] == ea["decode_max_abs_diff"]
 
 
@@ -114,22 +118,29 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "gave no train text" in err(["--preset", empty])
     missing_tok = write_preset(tmp_path)
     assert "could not be found" in err(["--preset", missing_tok, "--set", f"tokenizer={tmp_path}/no/tok"])
-    assert "--kernels must name kernels" in err(["--preset", missing_tok, "--kernels", "rebased,nope"])
-    assert "preset must be one of" in err(["--preset", "no-such-preset"])
+    assert "kernel must be one of" in err(["--preset", missing_tok, "--kernels", "rebased,nope"])
+    assert "unknown lm preset 'no-such-preset'" in err(["--preset", "no-such-preset"])
     assert "key=value" in err(["--preset", missing_tok, "--set", "train.max_steps"])
-    assert "corpus section has unknown keys ['sorce']" in err(["--preset", missing_tok, "--set", "corpus.sorce=x"])
-    assert "unknown train config key" in err(["--preset", missing_tok, "--set", "train.stepz=3"])
+    assert "unknown key 'corpus.sorce'" in err(["--preset", missing_tok, "--set", "corpus.sorce=x"])
+    assert "valid keys of 'train' are" in err(["--preset", missing_tok, "--set", "train.stepz=3"])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: {d_model: [\n")
+    message = err(["--preset", str(bad_yaml)])
+    assert message.startswith("error: malformed YAML in") and "Traceback" not in message
 
 
 def test_presets_build_and_count_parameters(capsys):
-    assert {"tiny", "rebased", "based", "hybrid", "rebased-150m"} <= set(lm.available_presets())
+    assert {"tiny", "rebased", "based", "hybrid", "rebased-150m"} <= set(available_presets("lm"))
     assert lm.main(["--preset", "rebased-150m", "--count-params"]) == 0
     n = int(capsys.readouterr().out.split(": ")[1].split(" ")[0].replace(",", ""))
     assert 140e6 < n < 160e6  # the ReBased paper's ~150M scale
+
+    def model_config(name):
+        return lm.model_config(lm.resolve(load_preset("lm", name, defaults=lm.DEFAULTS)), 257)
+
     for name in ("tiny", "rebased", "based", "hybrid"):
-        cfg = lm.model_config(lm.load_preset(name), 257)
-        assert all(b["mlp"] == "swiglu" for b in cfg.blocks)
-    hybrid = {b["mixer"]["mixer"] for b in lm.model_config(lm.load_preset("hybrid"), 257).blocks}
+        assert all(b["mlp"] == "swiglu" for b in model_config(name).blocks)
+    hybrid = {b["mixer"]["mixer"] for b in model_config("hybrid").blocks}
     assert hybrid == {"baseconv", "kernel", "sliding_window"}
 
 
@@ -153,11 +164,11 @@ def test_bpe_tokenizer_and_hub_corpus_end_to_end(tmp_path):
     preset = write_preset(tmp_path, corpus__source=f"hf:{data}", model__max_len=32)
     sets = ["--set", f"tokenizer={tmp_path / 'tokenizer.json'}", "--set", "seq_len=16", "--set", "generate.prompt=the"]
     assert lm.main(["--preset", preset, "--out", str(tmp_path / "run"), "--no-progress", *sets]) == 0
-    row = json.loads((tmp_path / "run" / "model" / "eval.json").read_text())
-    cfg = yaml.safe_load((tmp_path / "run" / "model" / "config.yaml").read_text())
-    assert cfg["model"]["vocab_size"] == tok.get_vocab_size()
+    row = json.loads((run_dir(tmp_path / "run") / "eval.json").read_text())
+    _, model = lm.load_trained(run_dir(tmp_path / "run"))
+    assert model.cfg.vocab_size == tok.get_vocab_size()
     assert row["ppl"] < tok.get_vocab_size()  # better than uniform over the BPE vocabulary
-    sample = (tmp_path / "run" / "model" / "sample.txt").read_text()
+    sample = (run_dir(tmp_path / "run") / "sample.txt").read_text()
     assert sample.startswith("the") and set(sample) <= set("".join(words) + " ")  # decoded BPE pieces
 
 
@@ -175,11 +186,13 @@ def test_seeds_give_confidence_intervals_and_paired_comparisons(tmp_path):
     ]
     assert rows[0]["ppl"] != rows[1]["ppl"]  # another seed: another initialisation and data order
     report = (out / "report.md").read_text()
-    assert "mean ± 95% CI over seeds" in report and "| taylor - rebased | ar_hit_ppl | 2 |" in report
-    a = lm.aggregate([{k: float(v) if k in lm.METRICS else v for k, v in r.items()} for r in rows])
+    assert "mean ± 95% CI over seeds" in report and "| ar_hit_ppl | rebased | taylor | 2 |" in report
+    records = [{"config": {"kernel": r["kernel"], "seed": int(r["seed"])}, "status": r["status"],
+                "summary": {"ppl": float(r["ppl"])}} for r in rows]  # fmt: skip
+    groups, pairs = lm.per_kernel(records, ["rebased", "taylor"])
     mean = (float(rows[0]["ppl"]) + float(rows[1]["ppl"])) / 2
-    assert a[0]["kernel"] == "rebased" and abs(a[0]["ppl"].mean - mean) < 1e-9 and a[0]["ppl"].n == 2
-    assert "--seeds must be" in _err(["--preset", preset, "--seeds", "a,b", "--out", str(out)])
+    assert groups[0]["kernel"] == "rebased" and groups[0]["seeds"] == 2 and groups[0]["ppl"].startswith(f"{mean:.3f} ±")
+    assert "--seeds expects comma-separated integers" in _err(["--preset", preset, "--seeds", "a,b", "--out", str(out)])
 
 
 def _err(argv):
@@ -190,3 +203,8 @@ def _err(argv):
     with contextlib.redirect_stderr(buf):
         assert lm.main(argv) == 2
     return buf.getvalue()
+
+
+def run_dir(out, kernel="rebased", seed=0):
+    (path,) = out.glob(f"kernel={kernel}_seed={seed}-*")
+    return path

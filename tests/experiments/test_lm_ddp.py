@@ -28,8 +28,11 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     subprocess.run(launch + cmd + [str(tmp_path / "two")], check=True, env=env, timeout=300)
     subprocess.run([sys.executable] + cmd + [str(tmp_path / "one")], check=True, env=env, timeout=300)
-    one = load_checkpoint(tmp_path / "one" / "model" / "checkpoint.pt")
-    two = load_checkpoint(tmp_path / "two" / "model" / "checkpoint.pt")
+    (one_dir,) = (tmp_path / "one").glob("kernel=rebased_seed=0-*")
+    (two_dir,) = (tmp_path / "two").glob("kernel=rebased_seed=0-*")
+    assert one_dir.name == two_dir.name
+    one = load_checkpoint(one_dir / "checkpoint.pt")
+    two = load_checkpoint(two_dir / "checkpoint.pt")
     assert two["world_size"] == 2 and one["world_size"] == 1 and one["step"] == two["step"] == 6
     for k, v in one["model"].items():
         if isinstance(v, torch.Tensor):

@@ -307,7 +307,8 @@ def per_kernel(records: list[dict], order: list[str]) -> tuple[list[dict], list[
     for metric in METRICS:
         rows = reduce_runs(records, ["kernel"], metric=metric, lr_key=None, mode="min")
         for row in with_ci_column(rows, metric):
-            table[row["kernel"]].update({metric: row[metric], "seeds": row["n"]})
+            table[row["kernel"]][metric] = row[metric]
+            table[row["kernel"]].setdefault("seeds", row["n"])  # of the first metric, perplexity
         pairs += [{**c, "metric": metric} for c in comparisons(rows, "kernel", order)]
     return [table[k] for k in order], pairs
 
@@ -447,6 +448,8 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
     distributed.init_from_env()
+    for run in todo:  # tokenizer and corpus problems are user errors: found before any run starts
+        run_data(run.config)
     start = time.perf_counter()
     if args.report_only:
         records = collect(runs, out)
