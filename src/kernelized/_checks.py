@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import sys
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,3 +37,22 @@ def check_same(names: Sequence[str], values: Sequence[int], what: str) -> None:
     if len(set(values)) > 1:
         got = ", ".join(f"{n}={v}" for n, v in zip(names, values))
         raise ValueError(f"{what} must agree, got {got}")
+
+
+# -- command-line entry points ---------------------------------------------------------------------------
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def command(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's ``main(argv) -> int``: user errors become ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return int(main(list(sys.argv[1:] if argv is None else argv)) or 0)
+        except USER_ERRORS as e:
+            message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+
+    return wrapped

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kernelized._checks import command
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "mqar": (
         "kernelized.experiments.mqar",
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; expected one of {sorted(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return command(module.main)(rest)  # a user error in any command: one `error: ...` line, exit 2
 
 
 if __name__ == "__main__":

@@ -279,3 +279,17 @@ def test_cuda_bf16_run_learns_and_reports_peak_memory(tmp_path):
     summary = Trainer(tiny_model(), cfg, shift_data(256, 0), shift_data(64, 1), run_dir=tmp_path).fit()
     assert summary["device"].startswith("cuda") and summary["peak_memory_mb"] > 0
     assert summary["best"]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_corrupt_checkpoint_names_its_path_and_how_to_start_over(tmp_path, damage):
+    """Before: OSError: [Errno 22] or UnpicklingError, without the file's path."""
+    from kernelized.train.checkpoint import CheckpointError, save_atomic
+
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_atomic({"model": {"w": torch.zeros(1000)}, "step": 3}, path)
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is corrupt or truncated .*delete it to start"):
+        load_checkpoint(path)
+    assert issubclass(CheckpointError, ValueError)  # a CLI prints it as one error line (exit 2)

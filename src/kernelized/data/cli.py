@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from kernelized._checks import command
+
 
 def _listops(args: argparse.Namespace) -> int:
     from kernelized.data import listops
@@ -111,11 +113,11 @@ def _mqar(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+@command
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     if getattr(args, "num_examples", 1) < 3:
-        print(f"error: --num-examples must be >= 3 (train, val and test), got {args.num_examples}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--num-examples must be >= 3 (train, val and test), got {args.num_examples}")
     return args.run(args)
 
 

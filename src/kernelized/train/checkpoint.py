@@ -47,9 +47,30 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: its path and how to start that run over are in the message."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by :func:`save_atomic` onto the CPU (tensors are moved by their owners)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`save_atomic` onto the CPU (tensors are moved by their owners).
+
+    A corrupt or truncated file (a disk filled up, a copy cut short: :func:`save_atomic` itself never leaves
+    half a file) raises :class:`CheckpointError` naming the file and how to start that run over, instead of
+    torch's ``OSError: [Errno 22]`` or ``UnpicklingError`` without a path.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zip, pickle, EOF and OS errors all mean: this file is unusable
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); delete it to start that run "
+            f"over from step 0 (or delete its folder {path.parent} to start the run anew)"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint; delete it")
+    return ckpt
 
 
 def _json_default(x):

@@ -13,34 +13,17 @@ line and exits 2, with no traceback; bugs still raise.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
+from kernelized._checks import USER_ERRORS, command  # noqa: F401  (re-exported: one error wrapper)
 from kernelized.experiments.framework.grid import narrow
 from kernelized.experiments.framework.launchers import LAUNCHERS
 from kernelized.experiments.framework.presets import parse_list
-
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
-def command(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command's ``main(argv) -> int``: user errors become ``error: ...`` on stderr and exit code 2."""
-
-    @functools.wraps(main)
-    def wrapped(argv: Sequence[str] | None = None) -> int:
-        try:
-            return int(main(list(sys.argv[1:] if argv is None else argv)) or 0)
-        except USER_ERRORS as e:
-            message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-            print(f"error: {message}", file=sys.stderr)
-            return 2
-
-    return wrapped
 
 
 def experiment_parser(experiment: str, doc: str | None, default_preset: str) -> argparse.ArgumentParser:
