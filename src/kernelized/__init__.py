@@ -1,7 +1,7 @@
 """kernelized: linear transformers whose attention kernel is a feature map, fixed or learned.
 
 Layers, bottom to top: kernels (feature maps) -> ops (attention on tensors) -> layers (nn.Modules)
--> models -> data / train / eval -> experiments. See DESIGN in the repository docs.
+-> models -> data / train / eval -> experiments. See the README's Layout section.
 """
 
 import os

@@ -126,7 +126,7 @@ def test_build_mixer_and_bad_input():
         layers.build_mixer({"mixer": "kernel", "heads": 2}, d_model=8)
     with pytest.raises(ValueError, match="unknown options \\['heads'\\]"):
         layers.build_mixer({"mixer": "softmax", "heads": 2}, d_model=8)
-    # kernel options may sit flat in the spec, as in DESIGN, or under kernel_options
+    # kernel options may sit flat in the spec, as the README writes them, or under kernel_options
     flat = layers.build_mixer({"mixer": "kernel", "kernel": "gmm-prf", "num_features": 8, "num_heads": 2}, d_model=8)
     nested = layers.build_mixer(
         {"mixer": "kernel", "kernel": "gmm-prf", "kernel_options": {"num_features": 8}, "num_heads": 2}, d_model=8

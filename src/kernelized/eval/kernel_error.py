@@ -1,7 +1,8 @@
 """How well random features estimate their kernel: MSE, variance and bias against the number of features M.
 
 The variance analysis of "Learning the Transformer Kernel" (its MSE/variance theorem is not available to us; the
-reference formulas below are the standard ones, see ``shared/reference/kl_transformer.md`` section 5). For each
+reference formulas below are the standard ones, e.g. Sutherland and Schneider, "On the Error of Random Fourier
+Features", UAI 2015). For each
 kernel and each M, ``draws`` independent draws of the map give estimates ``<phi(q), phi(k)>`` of ``kernel(q, k)``
 on the given pairs (q, k); the rows report
 

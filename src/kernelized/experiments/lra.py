@@ -104,7 +104,7 @@ DEFAULTS = defaults_of(LRASettings)
 SECTION_SCHEMA = {k: v for k, v in DEFAULTS.items() if k not in ("per_task", "per_kernel", "task", "kernel")}
 IGNORE = ("data.cache_dir",)  # where generated data lives does not change a result
 
-# LRA-paper Table 1 (Tay et al. 2021), test accuracy %; from shared/reference/benchmarks.md section 1.3.
+# LRA-paper Table 1 (Tay et al. 2021), test accuracy %; Tay et al., "Long Range Arena", ICLR 2021.
 PUBLISHED = {
     "Transformer (softmax)": {"listops": 36.37, "text": 64.27, "retrieval": 57.46, "image": 42.44, "pathfinder": 71.40},
     "Performer": {"listops": 18.01, "text": 65.40, "retrieval": 53.82, "image": 42.77, "pathfinder": 77.05},

@@ -160,7 +160,7 @@ def kernel_mixer(
     d_model: int, kernel: str = "rebased", kernel_options: dict | None = None, **options
 ) -> KernelAttention:
     """The ``{"mixer": "kernel", ...}`` spec: KernelAttention's arguments, and the kernel's own options either flat
-    (``{"kernel": "gmm-prf", "num_features": 128}``, as in DESIGN) or under ``kernel_options``."""
+    (``{"kernel": "gmm-prf", "num_features": 128}``, as in the README) or under ``kernel_options``."""
     layer_args = set(inspect.signature(KernelAttention.__init__).parameters) - {"self"}
     flat = {k: v for k, v in options.items() if k not in layer_args}
     unknown = sorted(set(flat) - set(kernels.options(kernel)))

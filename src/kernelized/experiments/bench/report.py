@@ -1,4 +1,4 @@
-"""The report of a run: the issue's targets, the markdown tables (what docs/benchmarks.md quotes) and the plots.
+"""The report of a run: the CPU targets, the markdown tables (what docs/benchmarks.md quotes) and the plots.
 
 A run's ``result`` is the dict written to ``<out>/<name>.json``: ``preset`` (the config), ``environment``,
 ``matmul_rate`` (FLOP/s), and the rows of each section: ``kernels`` (case, T, mode, seconds, peak_mb MiB, ...),
