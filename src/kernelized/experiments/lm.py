@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,10 +43,10 @@ from kernelized.eval.ar_hit import BigramCounts
 from kernelized.eval.perplexity import FREQUENCY_BUCKETS, bucket_name, make_lm_eval_fn, perplexities
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
-from kernelized.experiments.framework.presets import load_preset, read_yaml
+from kernelized.experiments.framework.presets import load_preset
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
-from kernelized.experiments.framework.sweep import collect, failed, finished, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import collect, finished, load_trained_run, other_runs, run_sweep
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
@@ -254,11 +253,7 @@ def train_flops(runs: list[Run]) -> float:
 # -- what kernelized analyze needs -------------------------------------------------------------
 def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
     """A run's config and its model with the checkpoint's weights, in eval mode."""
-    run_dir = Path(run_dir)
-    config = read_yaml(run_dir / "config.yaml")
-    model = build_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    return config, model.eval()
+    return load_trained_run(run_dir, build_model)
 
 
 def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,12 +433,7 @@ def main(argv: list[str]) -> int:
     if args.count_params:  # the preset's vocab_size stands in for a tokenizer that needs the network
         return count_params(prepare_runs(config, args), name)
     runs = prepare_runs(config, args)
-    out = Path(args.out) if args.out else Path("runs/lm") / name
-    workers = cli.workers(args, config)
-    print(f"lm/{name}: {len(runs)} runs -> {out}")
-    todo = [r for r in runs if not (out / r.run_id / "result.json").exists()]
-    if not args.report_only:
-        cli.warn_if_gpu_sized(config, name, "lm", lambda: train_flops(todo))
+    name, out, workers, todo = cli.start(args, config, "lm", runs, train_flops)
     if args.dry_run:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
@@ -462,10 +452,4 @@ def main(argv: list[str]) -> int:
         if done:
             print(f"[lm] sample ({done[0]['run_id']}):\n{(Path(done[0]['run_dir']) / 'sample.txt').read_text()[:500]}")
     distributed.barrier()
-    bad = failed(records)
-    if bad:
-        print(
-            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
-        )
-        return 1
-    return 0
+    return cli.finish(records)

@@ -39,7 +39,7 @@ from kernelized.data import listops, lra, pathfinder
 from kernelized.data.cache import cache_path
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
-from kernelized.experiments.framework.presets import get_key, load_preset, parse_list, read_yaml
+from kernelized.experiments.framework.presets import get_key, load_preset, parse_list
 from kernelized.experiments.framework.reduce import reduce_runs
 from kernelized.experiments.framework.schema import (
     ExperimentConfig,
@@ -49,12 +49,12 @@ from kernelized.experiments.framework.schema import (
     defaults_of,
     train_defaults,
 )
-from kernelized.experiments.framework.sweep import collect, failed, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import collect, load_trained_run, other_runs, run_sweep
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_names, attention_spec
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 from kernelized.train import TrainConfig, Trainer
-from kernelized.train.checkpoint import load_checkpoint, write_text_atomic
+from kernelized.train.checkpoint import write_text_atomic
 from kernelized.train.memory import peak_rss_mb, reset_peak_rss
 
 
@@ -318,11 +318,7 @@ def validate(runs: list[Run]) -> None:
 # -- what kernelized analyze needs ---------------------------------------------------------------------
 def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
     """A run's (resolved) config and its model with the final checkpoint's weights, in eval mode."""
-    run_dir = Path(run_dir)
-    config = resolve(read_yaml(run_dir / "config.yaml"))
-    model = build_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / "train" / "checkpoint.pt")["model"])
-    return config, model.eval()
+    return load_trained_run(run_dir, build_model, "train/checkpoint.pt", resolve)
 
 
 def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,13 +450,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = load_preset("lra", args.preset, cli.overrides(args), defaults=DEFAULTS)
     runs = prepare_runs(config, args, f"preset {args.preset}")
-    stem = Path(str(args.preset)).stem
-    out_dir = Path(args.out) if args.out else Path("runs/lra") / stem
-    workers = cli.workers(args, config)
-    print(f"lra/{stem}: {len(runs)} runs -> {out_dir} ({workers} worker{'s' if workers > 1 else ''})")
-    todo = [r for r in runs if not (out_dir / r.run_id / "result.json").exists()]
-    if not args.report_only:
-        cli.warn_if_gpu_sized(config, stem, "lra", lambda: train_flops(todo))
+    stem, out_dir, workers, todo = cli.start(args, config, "lra", runs, train_flops)
     if args.dry_run:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
@@ -477,13 +467,7 @@ def main(argv: list[str]) -> int:
     cols = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB"]
     print(markdown_table(rows, cols, digits=2))
     print(f"results: {out_dir / 'results.csv'}, {out_dir / 'report.md'}, {out_dir / 'figure.png'}")
-    bad = failed(records)
-    if bad:
-        print(
-            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
-        )
-        return 1
-    return 0
+    return cli.finish(records)
 
 
 if __name__ == "__main__":

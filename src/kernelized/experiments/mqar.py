@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,11 +37,11 @@ from kernelized.experiments.framework.grid import Run, expand_grid
 from kernelized.experiments.framework.presets import load_preset
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
-from kernelized.experiments.framework.sweep import collect, failed, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import collect, load_trained_run, other_runs, run_sweep
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
-from kernelized.train.checkpoint import load_checkpoint, write_text_atomic
+from kernelized.train.checkpoint import write_text_atomic
 from kernelized.train.config import TrainConfig
 from kernelized.train.trainer import Trainer
 
@@ -262,13 +261,7 @@ def train_flops(runs: Sequence[Run]) -> float:
 # -- what kernelized analyze needs ----------------------------------------------------------------
 def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
     """A run's config and its model with the checkpoint's weights, in eval mode."""
-    from kernelized.experiments.framework.presets import read_yaml
-
-    run_dir = Path(run_dir)
-    config = read_yaml(run_dir / "config.yaml")
-    model = build_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    return config, model.eval()
+    return load_trained_run(run_dir, build_model)
 
 
 def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,13 +417,7 @@ def main(argv: list[str]) -> int:
     config = load_preset("mqar", args.preset, cli.overrides(args), defaults=DEFAULTS)
     cli.narrow_axes(config, args)
     runs = prepare_runs(config, f"preset {args.preset}")
-    name = Path(str(args.preset)).stem
-    out_dir = Path(args.out) if args.out else Path("runs/mqar") / name
-    workers = cli.workers(args, config)
-    print(f"mqar/{name}: {len(runs)} runs -> {out_dir} ({workers} worker{'s' if workers > 1 else ''})")
-    todo = [r for r in runs if not (out_dir / r.run_id / "result.json").exists()]
-    if not args.report_only:
-        cli.warn_if_gpu_sized(config, name, "mqar", lambda: train_flops(todo))
+    name, out_dir, workers, _ = cli.start(args, config, "mqar", runs, train_flops)
     if args.dry_run:
         for run in runs:
             print(f"  {run.run_id}  (kv pairs {run.config['task']['num_kv_pairs']})")
@@ -446,13 +433,7 @@ def main(argv: list[str]) -> int:
     if elapsed is not None:
         print(f"wall time {elapsed:.0f} s")
     print(f"report: {out_dir / 'report.md'}\nfigure: {out_dir / 'figure.png'}\nruns:   {out_dir / 'results.csv'}")
-    bad = failed(records)
-    if bad:
-        print(
-            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
-        )
-        return 1
-    return 0
+    return cli.finish(records)
 
 
 __all__ = [

@@ -16,7 +16,8 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -105,3 +106,27 @@ def warn_if_gpu_sized(config: dict, preset: str, experiment: str, train_flops: C
     )
     print(message, file=sys.stderr)
     return message
+
+
+def start(args: argparse.Namespace, config: dict, experiment: str, runs: Sequence, train_flops: Callable) -> tuple:
+    """The common opening of a sweep command: name, output folder, workers, the runs still to do; prints the plan
+    and, for a GPU-sized preset on a CPU, the time estimate. Returns ``(name, out_dir, workers, todo)``."""
+    name = Path(str(args.preset)).stem
+    out_dir = Path(args.out) if args.out else Path("runs") / experiment / name
+    n = workers(args, config)
+    print(f"{experiment}/{name}: {len(runs)} runs -> {out_dir} ({n} worker{'s' if n > 1 else ''})")
+    todo = [r for r in runs if not (out_dir / r.run_id / "result.json").exists()]
+    if not args.report_only:
+        warn_if_gpu_sized(config, name, experiment, lambda: train_flops(todo))
+    return name, out_dir, n, todo
+
+
+def finish(records: Sequence[dict]) -> int:
+    """Exit code of a sweep command: 1 (with one ``error:`` line) when runs failed, else 0."""
+    bad = [r for r in records if r["status"] == "failed"]
+    if bad:
+        print(
+            f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
+        )
+        return 1
+    return 0

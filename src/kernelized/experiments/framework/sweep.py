@@ -189,3 +189,16 @@ def write_results_csv(records: Sequence[dict], path: str | Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(text.getvalue(), path)
+
+
+def load_trained_run(run_dir: str | Path, build: Callable[[dict], torch.nn.Module], checkpoint: str = "checkpoint.pt",
+                     resolve: Callable[[dict], dict] | None = None) -> tuple[dict, torch.nn.Module]:  # fmt: skip
+    """A run folder's config (resolved) and ``build(config)`` with the checkpoint's weights, in eval mode."""
+    from kernelized.train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    config = read_yaml(run_dir / "config.yaml")
+    config = resolve(config) if resolve else config
+    model = build(config)
+    model.load_state_dict(load_checkpoint(run_dir / checkpoint)["model"])
+    return config, model.eval()
