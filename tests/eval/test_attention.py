@@ -7,10 +7,14 @@ from kernelized.eval.attention import (
     draw_maps,
     gamma_beta_stats,
     map_iou,
+    model_maps,
+    query_rows,
     set_iou,
+    sliding_window_weights,
     top_mass_sets,
 )
 from kernelized.models import LanguageModel, ModelConfig
+from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 
 
 def _random_maps(B=2, H=3, T=7, seed=0):
@@ -117,6 +121,66 @@ def test_gamma_beta_stats_read_the_rebased_parameters():
 def test_draw_maps_writes_a_png(tmp_path):
     path = draw_maps({"a": torch.eye(5), "b": torch.ones(5, 5) / 5}, tmp_path / "maps.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    marks = torch.tensor([True, False, True, False, False])
+    maps = {"a": torch.eye(5), "gap": None, "b": torch.ones(5, 5) / 5}  # None: an empty cell, b starts row 2
+    assert draw_maps(maps, tmp_path / "grid.png", marks=marks, cols=2).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sliding_window_maps_reproduce_the_layer(causal):
+    torch.manual_seed(0)
+    window, T = 3, 9
+    cfg = ModelConfig(
+        vocab_size=20,
+        d_model=16,
+        blocks=[{"mixer": {"mixer": "baseconv"}}, {"mixer": {"mixer": "sliding_window", "num_heads": 2, "window": 3}}],
+        max_len=16,
+        causal=causal,
+    )
+    model = LanguageModel(cfg) if causal else EncoderClassifier(cfg, 2, pooling="mean")
+    maps = model_maps(model, torch.randint(2, 20, (2, T)))
+    assert len(maps) == 1  # the window layer; the convolution has none
+    (m,) = maps.values()
+    dist = torch.arange(T)[:, None] - torch.arange(T)[None]
+    band = (dist >= 0) & (dist < window) if causal else dist.abs() < window
+    assert m.shape == (2, 2, T, T) and (m[..., ~band] == 0).all()
+    assert torch.allclose(m.sum(-1), torch.ones(2, 2, T), atol=1e-5)
+    layer = dict(model.named_modules())[next(iter(maps))]
+    x, pad = torch.randn(2, T, 16), torch.zeros(2, T, dtype=torch.bool)
+    pad[1, -2:] = True
+    w = sliding_window_weights(layer, x, pad)
+    v = layer.qkv(x).view(2, T, 3, 2, 8)[:, :, 2]  # [B, T, H, Dh]
+    y = layer.out(torch.einsum("bhts,bshd->bthd", w, v).reshape(2, T, 16))
+    assert torch.allclose(y, layer(x, key_padding_mask=pad), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_maps_and_their_query_rows(pooling):
+    torch.manual_seed(0)
+    mixer = {"mixer": "kernel", "kernel": "elu", "num_heads": 2, "feature_dim": 4}
+    cfg = encoder_config(30, 16, 2, mixer, max_len=13)
+    model = EncoderClassifier(cfg, 3, pooling=pooling)
+    tokens = torch.randint(2, 30, (2, 12))
+    tokens[0, 5:], tokens[1, 8:] = 0, 0  # right padding; columns 8.. are padding in every row
+    maps = model_maps(model, tokens)
+    cls = pooling == "cls"
+    T = 8 + cls  # the model cuts the all-padding columns and prepends [CLS]
+    assert list(maps) == ["encoder.blocks.0.mixer", "encoder.blocks.1.mixer"]
+    for m in maps.values():
+        assert m.shape == (2, 2, T, T)
+        assert (m[0, :, :, cls + 5 :] == 0).all()  # padded keys get no weight
+        assert torch.allclose(m.sum(-1), torch.ones(2, 2, T), atol=1e-4)
+    rows = query_rows(model, tokens != 0, T)
+    assert rows[0].tolist() == [True] * cls + [True] * 5 + [False] * 3
+    assert rows[1].all()
+    with pytest.raises(ValueError, match="do not fit"):
+        query_rows(model, tokens != 0, 14)
+    # two towers: the shared tower's maps on one input, the same as the model run on that input twice
+    dual = DualEncoderClassifier(cfg, 2, pooling=pooling)
+    one, twice = model_maps(dual, tokens), attention_maps(dual, tokens, tokens)
+    assert list(one) == ["tower.encoder.blocks.0.mixer", "tower.encoder.blocks.1.mixer"]
+    assert all(torch.equal(one[k], twice[k]) for k in one)
+    assert query_rows(dual, tokens != 0, T).shape == (2, T)
 
 
 def test_best_head_finds_the_head_that_matches():

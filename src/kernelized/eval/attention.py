@@ -16,46 +16,119 @@ Transformer trained on the same MQAR task; its exact procedure is not published,
    reports the single head whose map overlaps most with the other model's head mean.
 
 A map compared with itself gives 1; maps whose top-mass sets never meet give 0.
+
+Models: :func:`model_maps` reads the maps of a language model (causal), of a classifier
+(:class:`~kernelized.models.classifier.EncoderClassifier`, bidirectional) and of a two-tower
+:class:`~kernelized.models.classifier.DualEncoderClassifier` (its shared tower on one input). A classifier with
+[CLS] pooling prepends [CLS] inside the model and cuts the columns that are padding in every row of the batch,
+so its maps are ``[B, H, 1 + T', 1 + T']`` for inputs ``[B, L]`` (``T' <= L``): :func:`query_rows` puts a
+mask over the inputs onto the maps' positions. Layers with maps: softmax and kernel attention
+(``attention_weights``) and sliding-window attention (:func:`sliding_window_weights`); convolutions have none.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from kernelized._checks import check_float_tensor
+from kernelized.layers.rotary import apply_rotary
+from kernelized.layers.sliding_window import SlidingWindowAttention
 
 
 @torch.no_grad()
-def attention_maps(model: nn.Module, *inputs, **kwargs) -> dict[str, torch.Tensor]:
-    """Normalised attention weights ``{layer name: [B, H, T, T]}`` of every layer that has ``attention_weights``.
+def sliding_window_weights(
+    layer: SlidingWindowAttention, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The softmax weights ``[B, H, T, T]`` a :class:`SlidingWindowAttention` applies to ``x [B, T, D]`` (no state):
+    zero outside the window band and at padded keys; a row with no key left is all zero, as the layer's output."""
+    B, T, _ = x.shape
+    q, k, _ = layer.qkv(x).view(B, T, 3, layer.num_heads, layer.head_dim).unbind(dim=2)
+    pos = torch.arange(T, device=x.device)
+    if layer.rotary:
+        q, k = apply_rotary(q, pos, layer.rotary_base), apply_rotary(k, pos, layer.rotary_base)
+    dist = pos[:, None] - pos[None, :]
+    allowed = ((dist >= 0) & (dist < layer.window) if layer.causal else dist.abs() < layer.window)[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask.bool()[:, None, None, :]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    logits = torch.einsum("bthd,bshd->bhts", q.to(acc), k.to(acc)) * layer.head_dim**-0.5
+    return torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
 
-    Runs ``model(*inputs, **kwargs)`` once in eval mode; each attention layer's input is caught by a hook and
-    passed to its ``attention_weights(x)``, so the maps are the ones the model applied on this forward.
+
+def _weights_fn(module: nn.Module) -> Callable | None:
+    """How to read a module's attention weights: its ``attention_weights``, a known layer's reader, or None."""
+    if callable(getattr(module, "attention_weights", None)):
+        return module.attention_weights
+    if isinstance(module, SlidingWindowAttention):
+        return lambda x, key_padding_mask=None: sliding_window_weights(module, x, key_padding_mask)
+    return None
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, *inputs, forward: Callable | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    """Normalised attention weights ``{layer name: [B, H, T, T]}`` of every attention layer of ``model``.
+
+    Runs ``model(*inputs, **kwargs)`` (or ``forward(*inputs, **kwargs)``, e.g. a tower's ``encode``) once in eval
+    mode; each attention layer's input is caught by a hook and passed to its ``attention_weights(x)`` (sliding
+    window: :func:`sliding_window_weights`), so the maps are the ones the model applied on this forward.
     """
     captured: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in model.named_modules():
-        if callable(getattr(module, "attention_weights", None)):
+        weights = _weights_fn(module)
+        if weights is not None:
 
-            def hook(mod, args, kw, name=name):
+            def hook(mod, args, kw, name=name, weights=weights):
                 x = args[0] if args else kw["x"]
                 mask = kw.get("key_padding_mask", args[1] if len(args) > 1 else None)
-                captured[name] = mod.attention_weights(x, key_padding_mask=mask).float().cpu()
+                captured[name] = weights(x, key_padding_mask=mask).float().cpu()
 
             hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
-        model(*inputs, **kwargs)
+        (forward or model)(*inputs, **kwargs)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
     return captured
+
+
+def has_cls_token(model: nn.Module) -> bool:
+    """Whether the model prepends a [CLS] token to its inputs (a classifier with [CLS] pooling, or its tower)."""
+    encoder = getattr(model, "tower", model)  # a two-tower model's shared tower
+    return getattr(encoder, "pooling", None) == "cls"
+
+
+def model_maps(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`attention_maps` of a model on token ids ``tokens [B, L]``: a language model's or a classifier's
+    forward, a two-tower model's shared tower on ``tokens`` as its one input. Positions: see :func:`query_rows`."""
+    tower = getattr(model, "tower", None)
+    if tower is not None and callable(getattr(tower, "encode", None)):
+        return attention_maps(model, tokens, forward=tower.encode)
+    return attention_maps(model, tokens)
+
+
+def query_rows(model: nn.Module, query_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """A mask over a model's inputs ``[B, L]`` as a mask over the positions of its maps ``[B, length]``.
+
+    A [CLS]-pooling classifier's map position 0 is its [CLS] token (a real query: True) and position ``i > 0``
+    is input token ``i - 1``; its maps end at the batch's last non-padding column (``length - 1 <= L``).
+    Other models' positions are the inputs' (``length <= L``: cut the same way by a classifier).
+    """
+    offset = 1 if has_cls_token(model) else 0
+    body = query_mask.bool()[:, : length - offset]
+    if body.shape[1] != length - offset:
+        raise ValueError(f"maps of {length} positions do not fit inputs of {query_mask.shape[1]} (+ {offset} [CLS])")
+    if offset:
+        body = torch.cat([torch.ones_like(body[:, :1]), body], dim=1)
+    return body
 
 
 def top_mass_sets(weights: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
@@ -146,11 +219,18 @@ def gamma_beta_stats(model: nn.Module) -> list[dict]:
 
 
 def draw_maps(
-    maps: dict[str, torch.Tensor], path: str | Path, title: str = "", marks: torch.Tensor | None = None
+    maps: dict[str, torch.Tensor | None],
+    path: str | Path,
+    title: str = "",
+    marks: torch.Tensor | None = None,
+    cols: int | None = None,
 ) -> Path:
     """Save a PNG grid of attention maps ``{name: [T, T]}`` (one panel each, row = query, column = key).
 
-    ``marks``: optional bool ``[T]``, query rows to tick on the y axis (e.g. labelled positions).
+    Every panel has its own colour scale, 0 to its largest weight, and its own colour bar (softmax maps peak
+    near 1 while linear attention spreads ~1/T over many keys: one shared scale would leave the latter blank).
+    ``marks``: optional bool ``[T]``, query rows ticked in red on the y axis (e.g. labelled positions).
+    ``cols``: panels per row (default up to 4); a ``None`` value leaves its cell empty (to start a new row).
     """
     import matplotlib
 
@@ -158,26 +238,34 @@ def draw_maps(
     import matplotlib.pyplot as plt
 
     names = list(maps)
-    cols = min(4, len(names))
+    cols = cols or min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(names) :]:
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
-        m = maps[name].float().cpu()
-        ax.imshow(m.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(m.max()), 1e-12), interpolation="nearest")
-        ax.set_title(name, fontsize=8)
-        ax.set_xlabel("key position", fontsize=7)
-        ax.set_ylabel("query position", fontsize=7)
-        ax.tick_params(labelsize=6)
-        if marks is not None:
-            ax.set_yticks(torch.nonzero(marks).flatten().tolist())
-            ax.tick_params(axis="y", labelsize=4)
+        if maps[name] is not None:
+            _draw_panel(fig, ax, name, maps[name].float().cpu(), marks)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _draw_panel(fig, ax, name: str, m: torch.Tensor, marks: torch.Tensor | None) -> None:
+    ax.axis("on")
+    image = ax.imshow(m.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(m.max()), 1e-12), interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=5)
+    ax.set_title(name, fontsize=7)
+    ax.set_xlabel("key position", fontsize=6)
+    ax.set_ylabel("query position", fontsize=6)
+    ax.tick_params(labelsize=5)
+    if marks is not None:
+        rows = torch.nonzero(marks.bool()[: m.shape[0]]).flatten().tolist()
+        step = math.ceil(len(rows) / 12) or 1  # every row ticked, about 12 of them labelled
+        ax.set_yticks(rows, [str(r) if i % step == 0 else "" for i, r in enumerate(rows)])
+        ax.tick_params(axis="y", colors="tab:red", length=3, labelsize=4)
