@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -190,3 +191,26 @@ def test_fresh_process_memory_grows_with_the_length():
     small, large = (measure.fresh_process_peak_mb(p, T) for T in (512, 8192))
     assert small is not None and large is not None
     assert large > 4 * small and large > 1.0  # 16x the tokens: the chunk form's memory grows with T
+
+
+def test_the_common_experiment_options(tmp_path, capsys):
+    """--kernels, --seeds, --dry-run and --report-only as every experiment takes them; --workers and --launcher
+    only with the values that keep the timings side by side in one process."""
+    out = tmp_path / "b"
+    assert bench.main(["--preset", "smoke", "--out", str(out), "--kernels", "rebased,softmax", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "'rebased chunk'" in listed and "'softmax (SDPA)'" in listed and "taylor" not in listed and not out.exists()
+    for argv, message in ((["--workers", "2"], "--workers and --launcher"), (["--launcher", "ray"], "side by side"),
+                          (["--seeds", "0,1"], "--seeds: the bench draws one set of inputs"),
+                          (["--kernels", "nope"], r"--kernels: no bench case for \['nope'\]"),
+                          (["--report-only"], "--report-only: .* does not exist")):  # fmt: skip
+        assert bench.main(["--preset", "smoke", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and re.search(message, err), err
+    argv = ["--preset", "smoke", "--out", str(out), "--sections", "decode", "--seeds", "3"]
+    assert bench.main(argv) == 0
+    result = json.loads((out / "smoke.json").read_text())
+    assert result["preset"]["seed"] == 3
+    (out / "smoke.md").unlink()
+    assert bench.main(["--preset", "smoke", "--out", str(out), "--report-only"]) == 0
+    assert (out / "smoke.md").read_text() == report.markdown(result)

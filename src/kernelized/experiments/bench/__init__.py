@@ -50,8 +50,8 @@ from kernelized.experiments.bench.cases import (
     select_cases,
 )
 from kernelized.experiments.bench.report import markdown, plots, targets
-from kernelized.experiments.framework.cli import command
-from kernelized.experiments.framework.presets import available_presets, load_preset, parse_list
+from kernelized.experiments.framework.cli import command, experiment_parser
+from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import check_types, defaults_of
 from kernelized.train.checkpoint import write_text_atomic
 
@@ -103,9 +103,10 @@ class BenchConfig:
     decode_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
     decode_steps: int = 200  # timed decode steps per context length
     models: Models = field(default_factory=Models)
+    seed: int = 0  # the random inputs of the kernel and decode sections (--seeds takes one)
 
 
-_AT_LEAST = {"warmup": 0, "max_len.quadratic": 0, "max_len.recurrent": 0, "models.warmup": 0}
+_AT_LEAST = {"seed": 0, "warmup": 0, "max_len.quadratic": 0, "max_len.recurrent": 0, "models.warmup": 0}
 
 
 def check_values(config: dict, source: str) -> None:
@@ -144,19 +145,47 @@ def parse_sections(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kernelized bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="cpu", help=f"one of {available_presets('bench')} or a YAML path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset field, e.g. repeats=3 or models.steps=2 (repeatable)")  # fmt: skip
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"folder for <name>.json, .md and PNGs (default {DEFAULT_OUT}; --out {PUBLISHED_OUT} "
-                        "publishes)")  # fmt: skip
+    """The options of every experiment command, plus the bench's own; the sweep options take the one value that
+    makes sense for timings measured side by side in one process."""
+    parser = experiment_parser("bench", __doc__, default_preset="cpu")
     parser.add_argument("--lengths", default=None, help="comma-separated T values, overriding the preset")
     parser.add_argument("--cases", default=None, help="only kernel cases whose name contains one of these (comma)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--name", default=None, help="output file stem (default: the preset name)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workers not in (None, 1) or args.launcher != "local":
+        raise ValueError("--workers and --launcher: the bench times every case side by side in one process "
+                         f"(ratios of one run), so it takes --workers 1 --launcher local, got --workers "
+                         f"{args.workers} --launcher {args.launcher}")  # fmt: skip
+    seeds = parse_list(args.seeds, "--seeds", int) or []
+    if len(seeds) > 1:
+        raise ValueError(f"--seeds: the bench draws one set of inputs per run, got {seeds}; run once per seed")
+    args.set = [*args.set, *(f"seed={s}" for s in seeds), *([f"device={args.device}"] if args.device else [])]
+    args.out = args.out or DEFAULT_OUT
+    return args
+
+
+def kernel_cases(cases: list, kernels: list[str] | None) -> list:
+    """The cases of the named kernels (``softmax`` = SDPA; fla's cases follow the kernel whose features they take)."""
+    if kernels is None:
+        return cases
+    names = {c.name.split(" ")[0] for c in cases if c.impl != "fla"} | {"softmax"}
+    unknown = [k for k in kernels if k not in names]
+    if unknown:
+        raise ValueError(f"--kernels: no bench case for {unknown}; the kernels timed here are {sorted(names)}")
+    return [c for c in cases if c.name.split(" ")[0] in kernels or any(f"({k} features)" in c.name for k in kernels)]
+
+
+def report_only(out: Path, stem: str) -> int:
+    """Rebuild ``<stem>.md`` and the PNGs from ``<stem>.json`` of an earlier run."""
+    path = out / f"{stem}.json"
+    if not path.is_file():
+        raise ValueError(f"--report-only: {path} does not exist (run the bench first, or give --out / --name)")
+    result = json.loads(path.read_text())
+    written = write_outputs(result, out, stem)
+    print("rewrote " + ", ".join(str(w) for w in written[1:]))
+    return 0
 
 
 def _device_name(device: str) -> str:
@@ -225,7 +254,8 @@ def run_sections(p: dict, sections: list[str], cases: list, rate: float) -> dict
 def write_outputs(result: dict, out: Path, stem: str) -> list[Path]:
     """``<stem>.json``, ``<stem>.md`` and the PNGs, each written atomically; returns the paths written."""
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    write_text_atomic(json.dumps(result, indent=1, default=str), paths[0])
+    if not paths[0].exists() or json.loads(paths[0].read_text()) != result:
+        write_text_atomic(json.dumps(result, indent=1, default=str), paths[0])
     write_text_atomic(markdown(result), paths[1])
     return paths + (plots(result, out, stem) if result["kernels"] else [])
 
@@ -234,13 +264,18 @@ def write_outputs(result: dict, out: Path, stem: str) -> list[Path]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sections = parse_sections(args.sections)
+    out, stem = Path(args.out), args.name or Path(args.preset).stem
+    if args.report_only:
+        return report_only(out, stem)
     p = load_config(args.preset, args.set, args.lengths)
-    cases = build_cases(p) if "kernels" in sections else []
+    cases = kernel_cases(build_cases(p), parse_list(args.kernels, "--kernels")) if "kernels" in sections else []
     if args.cases:
         cases = select_cases(cases, parse_list(args.cases, "--cases"))
+    if args.dry_run:
+        print(f"bench/{stem}: sections {sections}; kernel cases: {[c.name for c in cases]} -> {out}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    out, stem = Path(args.out), args.name or Path(args.preset).stem
     out.mkdir(parents=True, exist_ok=True)
     device, dtype = p["device"], DTYPES[p["dtype"]]
     env = environment(device, dtype)
