@@ -28,9 +28,9 @@ def _rows(out) -> list[dict]:
 
 def test_default_preset_holds_the_documented_defaults():
     config = load_preset("kernel-error", "default", defaults=defaults_of(kernel_error.KernelErrorConfig))
-    assert config.pop("grid") == {}
+    assert config.pop("grid") == {"kernel": list(DEFAULT_SPECS)}  # one run per kernel
     assert config == defaults_of(kernel_error.KernelErrorConfig)
-    assert config["kernels"] == list(DEFAULT_SPECS) and config["num_features"] == [16, 32, 64, 128, 256]
+    assert config["num_features"] == [16, 32, 64, 128, 256]
     assert (config["head_dim"], config["num_heads"], config["pairs"], config["draws"]) == (16, 2, 64, 200)
     assert (config["input_scale"], config["seed"], config["standardize"]) == (0.5, 0, True)
 
@@ -50,7 +50,7 @@ def test_preset_and_set_change_the_output(tmp_path, capsys):
     assert kernel_error.main(["--out", str(tmp_path / "b"), *argv, "--set", "seed=1"]) == 0
     assert [r["mse"] for r in _rows(tmp_path / "b")] != [r["mse"] for r in rows]  # another seed, other draws
     preset = tmp_path / "mine.yaml"  # a preset file: its fields, the rest defaults
-    preset.write_text("kernels: [performer]\nnum_features: [4, 8]\ndraws: 3\npairs: 4\nstandardize: false\n")
+    preset.write_text("kernel: performer\nnum_features: [4, 8]\ndraws: 3\npairs: 4\nstandardize: false\n")
     assert kernel_error.main(["--out", str(tmp_path / "c"), "--preset", str(preset), "--no-progress"]) == 0
     assert [(r["kernel"], r["num_features"]) for r in _rows(tmp_path / "c")] == [("performer", "4"), ("performer", "8")]
     assert "GMM spectra set" not in (tmp_path / "c" / "kernel_error.md").read_text()
@@ -75,19 +75,37 @@ def test_bad_input_exits_2_with_an_error_line(tmp_path, capsys, monkeypatch):
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
     for argv, expected in (
         (["--set", "draws=1"], "draws"),
-        (["--kernels", "rff,rebased"], "['rebased']"),
+        (["--kernels", "rff,rebased"], "got 'rebased'"),
         (["--num-features", "8,0"], "num_features"),
         (["--num-features", "8,x"], "--num-features"),
         (["--set", "drawz=3"], "'drawz'"),
         (["--set", "pairs=many"], "pairs"),
         (["--preset", "nope"], "--preset"),
-        (["--kernels", "fastfood-rks", "--num-features", "3", *TINY], "every (kernel, M) cell was skipped"),
+        (["--kernels", "fastfood-rks", "--num-features", "3", *TINY], "no (kernel, M) cell was measured"),
     ):
         assert kernel_error.main(out + argv) == 2, argv
         err = capsys.readouterr().err
         assert err.splitlines()[-1].startswith("error: ") and expected in err, (argv, err)
-    assert not (tmp_path / "out").exists()  # nothing written
+    assert not (tmp_path / "out" / "kernel_error.md").exists()  # no report
     assert cli.main(["kernel-error", "--set", "draws=1"]) == 2  # `kernelized kernel-error` is the same command
     monkeypatch.chdir(tmp_path)  # without --out: runs/kernel-error
     assert kernel_error.main(["--kernels", "rff", "--num-features", "4,8", *TINY]) == 0
-    assert (tmp_path / "runs" / "kernel-error" / "kernel_error.md").is_file()
+    assert (tmp_path / "runs" / "kernel-error" / "default" / "kernel_error.md").is_file()
+
+
+def test_runs_are_kept_resumed_and_seeds_give_intervals(tmp_path, capsys):
+    """A sweep of the framework: one run per (kernel, seed); a rerun computes nothing; --report-only rebuilds."""
+    argv = ["--out", str(tmp_path), "--kernels", "rff,performer", "--num-features", "8,16", "--seeds", "0,1", *TINY]
+    assert kernel_error.main(argv) == 0
+    runs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert runs == ["kernel=performer_seed=0", "kernel=performer_seed=1", "kernel=rff_seed=0", "kernel=rff_seed=1"]
+    rows = _rows(tmp_path)
+    assert len(rows) == 8 and {r["seed"] for r in rows} == {"0", "1"}
+    md = (tmp_path / "kernel_error.md").read_text()
+    assert "± (95% CI over seeds)" in md and "seeds 0, 1" in md
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
+    assert kernel_error.main(argv) == 0  # finished runs are not measured again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")} == stamps
+    (tmp_path / "kernel_error.csv").unlink()
+    assert kernel_error.main([*argv, "--report-only"]) == 0
+    assert _rows(tmp_path) == rows

@@ -1,22 +1,24 @@
 """`kernelized kernel-error`: the random-feature estimators' error against M, as a table and a plot.
 
-    kernelized kernel-error                                   # preset `default` -> runs/kernel-error/
+    kernelized kernel-error                                   # preset `default` -> runs/kernel-error/default/
     kernelized kernel-error --out docs --no-progress          # the published docs/kernel_error.md
-    kernelized kernel-error --kernels rff,performer --num-features 8,32,128 --set draws=50
+    kernelized kernel-error --kernels rff,performer --num-features 8,32,128 --set draws=50 --seeds 0,1,2
 
+A sweep of the experiment framework: one run per (kernel, seed), the grid's axes (``--kernels``, ``--seeds``
+narrow them); each run measures its kernel at every M of ``num_features`` and is kept in ``OUT/runs/<run-id>/``
+(config.yaml, result.json), so a rerun computes only what changed and ``--report-only`` rebuilds the report.
 The settings are a preset, ``configs/kernel-error/<name>.yaml`` (``--preset``, default ``default``), validated
-against :class:`KernelErrorConfig`; ``--set key=value`` overrides a field (repeatable), and ``--kernels`` /
-``--num-features`` are shortcuts for the ``kernels`` and ``num_features`` fields. ``--out`` defaults to
-``runs/kernel-error``.
+against :class:`KernelErrorConfig`; ``--set key=value`` overrides a field; ``--num-features`` is a shortcut for
+the ``num_features`` field. ``--out`` defaults to ``runs/kernel-error/<preset>``.
 
 A kernel that cannot take one of the Ms (FastFood needs whole blocks: M a multiple of the padded head dim;
 generators need M >= 2) has that (kernel, M) cell skipped with a ``note:``; the report lists the skipped cells
 and every other cell is still measured.
 
-Writes ``OUT/kernel_error.csv`` (one row per kernel and M), ``OUT/kernel_error.md`` (the table, the fitted log-log
-slope per kernel, the setup, the skipped cells) and ``OUT/kernel_error.png`` (log-log MSE against M, one line per
-kernel, dotted closed-form MSE where one exists), each atomically. See :mod:`kernelized.eval.kernel_error` for the
-quantities.
+Writes ``OUT/kernel_error.csv`` (one row per kernel, M and seed), ``OUT/kernel_error.md`` (the table, the fitted
+log-log slope per kernel, with a 95% interval over seeds when there are several, the setup, the skipped cells)
+and ``OUT/kernel_error.png`` (log-log MSE against M, one line per kernel, dotted closed-form MSE where one
+exists), each atomically. See :mod:`kernelized.eval.kernel_error` for the quantities.
 """
 
 from __future__ import annotations
@@ -30,43 +32,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from kernelized.eval.kernel_error import DEFAULT_SPECS, fit_slope, kernel_error
+from kernelized.eval.stats import mean_ci
+from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.cli import command
+from kernelized.experiments.framework.grid import Run, expand_grid
 from kernelized.experiments.framework.presets import load_preset, parse_list
-from kernelized.experiments.framework.schema import check_types, defaults_of
-from kernelized.experiments.framework.tables import markdown_table, write_figure
+from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of
+from kernelized.experiments.framework.sweep import collect, run_sweep
+from kernelized.experiments.framework.tables import markdown_table, status_section, write_figure
 from kernelized.train.checkpoint import write_text_atomic
 
 COLUMNS = [
-    "kernel", "num_features", "feature_dim", "draws", "mse", "mse_se", "variance", "bias2", "rel_rmse", "mse_theory",
+    "kernel", "num_features", "seed", "feature_dim", "draws", "mse", "mse_se", "variance", "bias2", "rel_rmse",
+    "mse_theory",
 ]  # fmt: skip
 DEFAULT_OUT = "runs/kernel-error"
 
 
 @dataclass
-class KernelErrorConfig:
-    """A kernel-error preset: pairs ``q, k ~ N(0, input_scale^2 I)`` of shape ``[pairs, num_heads, head_dim]``."""
+class KernelErrorConfig(ExperimentConfig):
+    """A kernel-error run: pairs ``q, k ~ N(0, input_scale^2 I)`` of shape ``[pairs, num_heads, head_dim]``."""
 
-    kernels: list[str] = field(default_factory=lambda: list(DEFAULT_SPECS))  # names of DEFAULT_SPECS
+    kernel: str = "rff"  # a name of DEFAULT_SPECS; the preset's grid.kernel lists the kernels of a sweep
     num_features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # the Ms (random frequencies)
     head_dim: int = 16
     num_heads: int = 2
     pairs: int = 64  # (q, k) pairs per head
     input_scale: float = 0.5  # q, k ~ N(0, scale^2 I) before the d^-1/4 scaling
     draws: int = 200  # independent draws per kernel and M
-    seed: int = 0
     standardize: bool = True  # GMM spectra set to mu = 0, Sigma = I (False: keep their initialisation)
 
 
+DEFAULTS = defaults_of(KernelErrorConfig)
+
+
 def check_values(config: dict, source: str) -> None:
-    """Kernels known, Ms and sizes >= 1, draws >= 2 (a variance needs two), the input scale positive."""
-    unknown = [n for n in config["kernels"] if n not in DEFAULT_SPECS]
-    if unknown or not config["kernels"]:
-        raise ValueError(
-            f"kernels in {source}: unknown {unknown or 'none given'}; the kernels are {list(DEFAULT_SPECS)}"
-        )
+    """Kernel known, Ms and sizes >= 1, draws >= 2 (a variance needs two), the input scale positive."""
+    if config["kernel"] not in DEFAULT_SPECS:
+        raise ValueError(f"kernel in {source} must be one of {list(DEFAULT_SPECS)}, got {config['kernel']!r}")
     if not config["num_features"] or min(config["num_features"]) < 1:
         raise ValueError(f"num_features in {source} must be integers >= 1, got {config['num_features']!r}")
     for key, least in (("head_dim", 1), ("num_heads", 1), ("pairs", 1), ("draws", 2)):
@@ -76,47 +81,33 @@ def check_values(config: dict, source: str) -> None:
         raise ValueError(f"input_scale in {source} must be > 0, got {config['input_scale']!r}")
 
 
-def load_config(args: argparse.Namespace) -> dict:
-    """The preset over :class:`KernelErrorConfig`'s defaults, then ``--set``, ``--kernels``, ``--num-features``."""
-    config = load_preset("kernel-error", args.preset, args.set, defaults=defaults_of(KernelErrorConfig))
+def prepare_runs(args: argparse.Namespace) -> tuple[dict, list[Run]]:
+    """The preset over :class:`KernelErrorConfig`'s defaults, ``--set``, ``--kernels``, ``--seeds`` and
+    ``--num-features`` applied; one run per (kernel, seed), each checked."""
+    overrides = [*args.set, *([f"num_features=[{args.num_features}]"] if args.num_features else [])]
+    config = load_preset("kernel-error", args.preset, overrides, defaults=DEFAULTS)
     source = f"kernel-error preset {args.preset!r}"
-    if config.pop("grid"):
-        raise ValueError(f"{source}: kernel-error takes no grid (kernels and num_features are its axes)")
-    config["kernels"] = parse_list(args.kernels, "--kernels") or config["kernels"]
-    config["num_features"] = parse_list(args.num_features, "--num-features", int) or config["num_features"]
-    check_types(config, KernelErrorConfig, source)
-    check_values(config, source)
-    return config
+    cli.narrow_axes(config, args)
+    parse_list(args.num_features, "--num-features", int)  # a clear error for a bad list
+    runs = expand_grid(config, always=("kernel", "seed"))
+    for run in runs:
+        check_types(run.config, KernelErrorConfig, source)
+        check_values(run.config, source)
+    return config, runs
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="kernelized kernel-error", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("--preset", default="default", help="a name in configs/kernel-error/ or a YAML path")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. draws=50 or standardize=false (repeatable)")  # fmt: skip
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--kernels", default=None, help=f"comma-separated, some of {','.join(DEFAULT_SPECS)}")
-    p.add_argument("--num-features", default=None, help="the Ms, comma-separated (the preset's num_features)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def measure(config: dict, progress: bool) -> tuple[list[dict], list[dict]]:
-    """The rows of :func:`kernel_error` per (kernel, M), and the skipped cells ``{kernel, num_features, reason}``:
-    those where building or evaluating the kernel at that M raised ValueError (a note on stderr says why)."""
+def run_one(config: dict, run_dir: Path) -> dict:
+    """One kernel and seed at every M: ``{"rows": [...], "skipped": [{kernel, num_features, reason}]}``; a cell
+    where building or evaluating the kernel at that M raised ValueError is skipped (a note on stderr says why)."""
     g = torch.Generator().manual_seed(config["seed"])
     shape = (config["pairs"], config["num_heads"], config["head_dim"])
     q = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
     k = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
-    cells = [(name, M) for name in config["kernels"] for M in config["num_features"]]
-    rows, skipped = [], []
+    name, rows, skipped = config["kernel"], [], []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny draws: threads only contend
     try:
-        for name, M in tqdm(cells, desc="kernel error", disable=not progress):
+        for M in config["num_features"]:
             try:
                 rows += kernel_error(name, q, k, [M], config["draws"], config["seed"], DEFAULT_SPECS[name],
                                      config["standardize"])  # fmt: skip
@@ -125,7 +116,7 @@ def measure(config: dict, progress: bool) -> tuple[list[dict], list[dict]]:
                 skipped.append({"kernel": name, "num_features": M, "reason": str(e)})
     finally:
         torch.set_num_threads(threads)
-    return rows, skipped
+    return {"rows": [{**r, "seed": config["seed"]} for r in rows], "skipped": skipped}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -169,15 +160,33 @@ def draw_plot(path: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def seed_means(rows: list[dict]) -> list[dict]:
+    """One row per (kernel, M): the mean over seeds of every measured column (the rows themselves for one seed)."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["kernel"], r["num_features"]), []).append(r)
+    out = []
+    for group in cells.values():
+        mean = {c: sum(r[c] for r in group) / len(group) for c in COLUMNS[4:]}
+        out.append({**group[0], **mean, "seed": len(group) if len(group) > 1 else group[0]["seed"]})
+    return out
+
+
 def _slopes_and_checks(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Per kernel: the fitted log-log slope of MSE against M, and measured / closed-form MSE where one exists."""
+    """Per kernel: the fitted log-log slope of MSE against M (one seed: ± 2 s.e. of the fit; several: mean and
+    95% interval over seeds), and measured / closed-form MSE where one exists."""
     names = list(dict.fromkeys(r["kernel"] for r in rows))
     slopes, checks = [], []
     for name in names:
         rs = [r for r in rows if r["kernel"] == name]
-        s, se = fit_slope(rs)
-        slopes.append({"kernel": name, "slope": s, "± 2 se": 2 * se})
-        exact = [r for r in rs if not math.isnan(r["mse_theory"])]
+        seeds = list(dict.fromkeys(r["seed"] for r in rs))
+        if len(seeds) > 1:
+            ci = mean_ci([fit_slope([r for r in rs if r["seed"] == s])[0] for s in seeds])
+            slopes.append({"kernel": name, "slope": ci.mean, "± (95% CI over seeds)": ci.half_width, "seeds": ci.n})
+        else:
+            s, se = fit_slope(rs)
+            slopes.append({"kernel": name, "slope": s, "± 2 se": 2 * se})
+        exact = [r for r in seed_means(rs) if not math.isnan(r["mse_theory"])]
         if exact:
             ratios = ", ".join(f"{r['mse'] / r['mse_theory']:.3f} (M={r['num_features']})" for r in exact)
             checks.append(f"- {name}: measured / closed-form MSE = {ratios}")
@@ -192,12 +201,13 @@ def _skipped_section(skipped: list[dict]) -> list[str]:
 
 
 def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: dict, command: str,
-                   figure_error: str | None = None) -> str:  # fmt: skip
+                   figure_error: str | None = None, records: list[dict] | None = None) -> str:  # fmt: skip
     slopes, checks = _slopes_and_checks(rows)
+    seeds = sorted({r["seed"] for r in rows})
     setup = (
         f"q, k ~ N(0, {config['input_scale']}^2 I), {config['pairs']} pairs x {config['num_heads']} heads, head dim "
         f"d = {config['head_dim']} (inputs scaled by d^-1/4 inside each map), {config['draws']} independent draws "
-        f"per kernel and M, seed {config['seed']}, float64."
+        f"per kernel and M, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, float64."
     )
     text = "\n".join(
         [
@@ -205,6 +215,7 @@ def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: di
             "",
             f"Generated by `{command}`.",
             "",
+            *([status_section(records)] if records and any(r["status"] != "finished" for r in records) else []),
             setup + (" GMM spectra set to mu = 0, Sigma = I." if config["standardize"] else ""),
             "",
             f"({figure_error})" if figure_error else "![MSE against M](kernel_error.png)",
@@ -239,23 +250,41 @@ def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: di
     return text
 
 
-@command
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    config = load_config(args)
-    rows, skipped = measure(config, progress=not args.no_progress)
+def write_report(records: list[dict], out: Path, config: dict, command: str) -> list[dict]:
+    """kernel_error.{csv,md,png} from the finished runs of the current config; returns the slope rows."""
+    done = [r for r in records if r["status"] == "finished"]
+    rows = [row for r in done for row in r["summary"]["rows"]]
+    skipped = [s for r in done for s in r["summary"]["skipped"]]
     if not rows:
-        raise ValueError("every (kernel, M) cell was skipped (see the notes above); nothing to write")
-    out = args.out
+        raise ValueError("no (kernel, M) cell was measured (every run failed or was skipped; see the notes above)")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "kernel_error.csv")
     title = f"random-feature kernel error, d = {config['head_dim']}"
-    figure_error = write_figure(draw_plot, out / "kernel_error.png", rows, title)
+    figure_error = write_figure(draw_plot, out / "kernel_error.png", seed_means(rows), title)
     if figure_error:
         print(f"note: {figure_error}", file=sys.stderr)
-    write_markdown(rows, skipped, out / "kernel_error.md", config, "kernelized kernel-error " + " ".join(argv),
-                   figure_error)  # fmt: skip
-    for slope in _slopes_and_checks(rows)[0]:
-        print(f"{slope['kernel']:>15}: log-log slope {slope['slope']:+.3f} ± {slope['± 2 se']:.3f}")
-    print(f"wrote {out / 'kernel_error.md'}, .csv, .png" + (f"; skipped {len(skipped)} cell(s)" if skipped else ""))
-    return 0
+    write_markdown(rows, skipped, out / "kernel_error.md", config, command, figure_error, records)
+    return _slopes_and_checks(rows)[0]
+
+
+@command
+def main(argv: list[str]) -> int:
+    parser = cli.experiment_parser("kernel-error", __doc__, default_preset="default")
+    parser.add_argument("--num-features", default=None, help="the Ms, comma-separated (the preset's num_features)")
+    args = parser.parse_args(argv)
+    config, runs = prepare_runs(args)
+    name, out, workers, _ = cli.start(args, config, "kernel-error", runs, lambda todo: 0.0)
+    sweep = out / "runs"
+    if args.dry_run:
+        print("\n".join(f"  {run.run_id}" for run in runs))
+        return 0
+    if args.report_only:
+        records = collect(runs, sweep)
+    else:
+        records = run_sweep(runs, run_one, sweep, workers, args.launcher, not args.no_progress, "kernel-error")
+    slopes = write_report(records, out, config, "kernelized kernel-error " + " ".join(argv))
+    for slope in slopes:
+        spread = slope.get("± 2 se", slope.get("± (95% CI over seeds)"))
+        print(f"{slope['kernel']:>15}: log-log slope {slope['slope']:+.3f} ± {spread:.3f}")
+    print(f"wrote {out / 'kernel_error.md'}, .csv, .png")
+    return cli.finish(records)
