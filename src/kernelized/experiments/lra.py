@@ -326,9 +326,7 @@ def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch
     (True at tokens that are not padding; a [CLS] model's maps are over [CLS] + the tokens)."""
     path = prepare_data(config["task"], config["data"], progress=False)
     test = load_splits(config["task"], config["data"], path)["test"]
-    inputs = torch.stack([test[i][0] for i in range(min(num_examples, len(test)))])
-    if inputs.dim() == 3:  # retrieval: [N, 2, L]
-        inputs = inputs[:, 0]
+    inputs = torch.stack([test[i][0] for i in range(min(num_examples, len(test)))])  # retrieval: (x1, x2, y)[0]
     return inputs, inputs != 0
 
 
