@@ -213,14 +213,18 @@ def summarise(acc: dict) -> dict:
     return {"iou_by_layer": iou, "best_head_iou_by_layer": best, "examples_with_queries": int(valid.sum())}
 
 
+MAX_COLS = 7  # panels per figure row: 12 heads + mean wrap into two rows
+
+
 def _panels(prefix: str, maps: dict, cols: int) -> dict:
-    """One figure row per layer: each head, then the head mean; empty cells pad the row to ``cols``."""
+    """Each layer from a new figure row: each head, then the head mean, wrapped at ``cols`` panels per row; empty
+    cells pad a layer's last row."""
     panels: dict = {}
     for label, m in maps.items():
         for h in range(m.shape[0]):
             panels[f"{prefix} {label} head {h}"] = m[h]
         panels[f"{prefix} {label} head mean"] = m.mean(0)
-        for i in range(cols - m.shape[0] - 1):
+        for i in range(-(m.shape[0] + 1) % cols):
             panels[f"{prefix} {label} empty {i}"] = None
     return panels
 
@@ -228,7 +232,7 @@ def _panels(prefix: str, maps: dict, cols: int) -> dict:
 def draw_run(record: dict, example: tuple, path: Path) -> None:
     """PNG of example 0: every layer and head of the run, then of the reference; records the figure and panels."""
     maps, ref_maps, rows, length = example
-    cols = 1 + max(m.shape[0] for m in (*maps.values(), *ref_maps.values()))
+    cols = min(MAX_COLS, 1 + max(m.shape[0] for m in (*maps.values(), *ref_maps.values())))
     ref_name = "softmax" if record.get("reference_kernel") == "softmax" else f"ref {record.get('reference_kernel')}"
     panels = {**_panels(record["kernel"], maps, cols), **_panels(ref_name, ref_maps, cols)}
     notes = ["every layer and head", "colour scale per panel", "red ticks: query rows"]
