@@ -270,6 +270,10 @@ def main(argv: list[str]) -> int:
     p = load_config(args.preset, args.set, args.lengths)
     cases = kernel_cases(build_cases(p), parse_list(args.kernels, "--kernels")) if "kernels" in sections else []
     if args.cases:
+        if "kernels" not in sections:
+            raise ValueError(
+                f"--cases selects cases of the kernels section, which --sections {args.sections} leaves out"
+            )
         cases = select_cases(cases, parse_list(args.cases, "--cases"))
     if args.dry_run:
         print(f"bench/{stem}: sections {sections}; kernel cases: {[c.name for c in cases]} -> {out}")

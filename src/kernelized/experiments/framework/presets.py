@@ -97,12 +97,21 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"malformed YAML in {path}: {e}") from None
+        raise ValueError(f"malformed YAML in {path}: {yaml_problem(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: what went wrong and where (line and column, 1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping | None) -> dict:
@@ -124,7 +133,7 @@ def parse_overrides(overrides: Sequence[str] | Mapping | None) -> dict:
         try:
             out[key] = load_yaml_text(value)
         except yaml.YAMLError as e:
-            raise ValueError(f"--set {key}: cannot parse value {value!r}: {e}") from None
+            raise ValueError(f"--set {key}: cannot parse value {value!r}: {yaml_problem(e)}") from None
     return out
 
 
