@@ -1,8 +1,9 @@
 """The data cache: one folder for every generated or downloaded data set, never the working directory.
 
 ``$KERNELIZED_DATA`` when set, else ``~/.cache/kernelized/data``. Experiments put generated ListOps and
-Pathfinder splits, tokenized corpora and downloaded files under it, each in a subfolder keyed by the settings
-that made it, so two runs with the same data settings share one copy whatever their ``--out``.
+Pathfinder splits, tokenized corpora and Hugging Face downloads (:func:`hub_cache`) under it, each in a
+subfolder keyed by the settings that made it, so two runs with the same data settings share one copy whatever
+their ``--out``.
 """
 
 from __future__ import annotations
@@ -20,3 +21,8 @@ def data_root() -> Path:
 def cache_path(*parts: str) -> Path:
     """A path inside the data cache, e.g. ``cache_path("lra", "listops-3fa2")``."""
     return data_root().joinpath(*parts)
+
+
+def hub_cache() -> str:
+    """Where Hugging Face downloads (``datasets``, ``huggingface_hub``) go: ``<data cache>/hub``."""
+    return str(cache_path("hub"))

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kernelized._checks import check_positive_int
+from kernelized.data.cache import hub_cache
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".jsonl", ".json")
 LINES_PER_TEXT_DOCUMENT = 64  # a .txt file is cut into blocks of lines so both splits see every file
@@ -149,7 +150,7 @@ def _hub_documents(cfg: CorpusConfig, split: str) -> Iterator[str]:
         raise ValueError(f"corpus source {cfg.source!r} needs the `datasets` package, which is not installed") from e
     name = cfg.source[len("hf:") :]
     try:
-        ds = datasets.load_dataset(name, cfg.config, split=split, streaming=cfg.streaming)
+        ds = datasets.load_dataset(name, cfg.config, split=split, streaming=cfg.streaming, cache_dir=hub_cache())
     except Exception as e:  # missing id, missing split, no network: say which
         raise ValueError(
             f"corpus source {cfg.source!r} (config={cfg.config!r}, split={split!r}) could not be loaded: "

@@ -33,6 +33,7 @@ from torch.utils.data import TensorDataset
 
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.data import listops, pathfinder
+from kernelized.data.cache import hub_cache
 
 PAD_ID, CLS_ID, OFFSET = 0, 1, 2
 BYTE_VOCAB = 256 + OFFSET
@@ -118,6 +119,7 @@ def _load_hf(builder_or_id: str, split: str, data_files=None, **kwargs):
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is an optional extra
         raise ImportError("loading this task needs `datasets` (pip install 'kernelized[hf]')") from e
+    kwargs.setdefault("cache_dir", hub_cache())  # the data cache, like every download
     return datasets.load_dataset(builder_or_id, split=split, data_files=data_files, **kwargs)
 
 
@@ -202,7 +204,7 @@ def load_retrieval(split: str, max_len: int, path: str | os.PathLike | None = No
     if path is None:
         from huggingface_hub import hf_hub_download
 
-        file = Path(hf_hub_download(AAN_HUB_ID, f"data/aan/{name}", repo_type="dataset"))
+        file = Path(hf_hub_download(AAN_HUB_ID, f"data/aan/{name}", repo_type="dataset", cache_dir=hub_cache()))
     else:
         file = Path(path) / name if Path(path).is_dir() else Path(path)
     t1, t2, labels = read_aan(file)
