@@ -109,3 +109,6 @@ def test_runs_are_kept_resumed_and_seeds_give_intervals(tmp_path, capsys):
     (tmp_path / "kernel_error.csv").unlink()
     assert kernel_error.main([*argv, "--report-only"]) == 0
     assert _rows(tmp_path) == rows
+    assert kernel_error.main([*argv, "--set", "draws=4", "--seeds", "0"]) == 0  # other settings: new runs
+    md = (tmp_path / "kernel_error.md").read_text()
+    assert "4 run folder(s) of other settings in this folder were ignored" in md and "seed 0," in md
