@@ -14,9 +14,10 @@ stop at 0.99); the seeds of a cell are averaged at the learning rate with the be
 same data order). Seed ``s`` generates the data with ``task.data_seed + s`` and initialises the model with
 ``s``, so kernels are paired on identical data.
 
-Outputs ``<out_dir>/<preset>/``: one folder per run (config.yaml, metrics.jsonl, checkpoint.pt,
-summary.json), ``results.csv``, ``report.md`` and ``figure.png``. Re-running skips finished runs and resumes
-interrupted ones.
+Outputs ``--out`` (default ``runs/mqar/<preset>/``): one folder per run, named by its grid values and a hash of
+its whole resolved config (config.yaml, run.json, metrics.jsonl, checkpoint.pt, summary.json, result.json), and
+``results.csv``, ``report.md`` and ``figure.png`` of the current config's runs. Re-running skips finished runs and
+resumes interrupted ones; a changed setting is a new run. A preset names every field of :class:`MQARSettings`.
 """
 
 from __future__ import annotations
