@@ -155,23 +155,3 @@ def fit_slope(rows: Sequence[Mapping]) -> tuple[float, float]:
     v = torch.tensor([(r["mse_se"] / r["mse"]) ** 2 for r in rows], dtype=torch.float64)
     w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
     return float((w * y).sum()), float(((w**2) * v).sum().sqrt())
-
-
-def kernel_error_table(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    num_features: Sequence[int],
-    specs: Mapping[str, Mapping] | None = None,
-    draws: int = 100,
-    seed: int = 0,
-    standardize: bool = True,
-    progress: bool = True,
-) -> list[dict]:
-    """:func:`kernel_error` for every kernel in ``specs`` (name -> options; default :data:`DEFAULT_SPECS`)."""
-    from tqdm import tqdm
-
-    specs = DEFAULT_SPECS if specs is None else specs
-    rows = []
-    for name in tqdm(list(specs), desc="kernel error", disable=not progress):
-        rows += kernel_error(name, q, k, num_features, draws, seed, specs[name], standardize)
-    return rows

@@ -40,7 +40,7 @@ from kernelized.experiments.framework.cli import command
 from kernelized.experiments.framework.grid import Run, expand_grid
 from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of
-from kernelized.experiments.framework.sweep import collect, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import other_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, write_figure
 from kernelized.train.checkpoint import write_text_atomic
 
@@ -84,11 +84,11 @@ def check_values(config: dict, source: str) -> None:
 def prepare_runs(args: argparse.Namespace) -> tuple[dict, list[Run]]:
     """The preset over :class:`KernelErrorConfig`'s defaults, ``--set``, ``--kernels``, ``--seeds`` and
     ``--num-features`` applied; one run per (kernel, seed), each checked."""
-    overrides = [*args.set, *([f"num_features=[{args.num_features}]"] if args.num_features else [])]
+    num_features = parse_list(args.num_features, "--num-features", int)
+    overrides = [*args.set, *([f"num_features={num_features}"] if num_features else [])]
     config = load_preset("kernel-error", args.preset, overrides, defaults=DEFAULTS)
     source = f"kernel-error preset {args.preset!r}"
     cli.narrow_axes(config, args)
-    parse_list(args.num_features, "--num-features", int)  # a clear error for a bad list
     runs = expand_grid(config, always=("kernel", "seed"))
     for run in runs:
         check_types(run.config, KernelErrorConfig, source)
@@ -279,10 +279,7 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
-    if args.report_only:
-        records = collect(runs, sweep)
-    else:
-        records = run_sweep(runs, run_one, sweep, workers, args.launcher, not args.no_progress, "kernel-error")
+    records = cli.sweep(args, runs, run_one, sweep, workers, "kernel-error")
     command_line = "kernelized kernel-error " + " ".join(argv)
     slopes = write_report(records, out, config, command_line, other_runs(runs, sweep))
     for slope in slopes:

@@ -46,7 +46,7 @@ from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
 from kernelized.experiments.framework.presets import load_preset
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
-from kernelized.experiments.framework.sweep import collect, finished, load_trained_run, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import finished, load_trained_run, other_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
@@ -438,13 +438,10 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
     distributed.init_from_env()
-    for run in todo:  # tokenizer and corpus problems are user errors: found before any run starts
+    for run in [] if args.report_only else todo:  # tokenizer and corpus problems: found before any run starts
         run_data(run.config)
     start = time.perf_counter()
-    if args.report_only:
-        records = collect(runs, out)
-    else:
-        records = run_sweep(runs, run_one, out, workers, args.launcher, not args.no_progress, "lm")
+    records = cli.sweep(args, runs, run_one, out, workers, "lm")
     if distributed.get_rank() == 0:
         table = write_report(config, name, records, out, other_runs(runs, out))
         print(f"\n{table}\n[lm] wrote {out / 'report.md'} ({time.perf_counter() - start:.0f} s)")

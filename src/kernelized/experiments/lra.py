@@ -38,7 +38,7 @@ from torch.utils.data import Subset, TensorDataset
 from kernelized.data import listops, lra, pathfinder
 from kernelized.data.cache import cache_path
 from kernelized.experiments.framework import cli
-from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
+from kernelized.experiments.framework.grid import Run, config_hash, expand_grid, narrow
 from kernelized.experiments.framework.presets import get_key, load_preset, parse_list
 from kernelized.experiments.framework.reduce import reduce_runs
 from kernelized.experiments.framework.schema import (
@@ -49,7 +49,7 @@ from kernelized.experiments.framework.schema import (
     defaults_of,
     train_defaults,
 )
-from kernelized.experiments.framework.sweep import collect, load_trained_run, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import load_trained_run, other_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_names, attention_spec
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
@@ -426,14 +426,12 @@ def prepare_runs(config: dict, args, source: str) -> list[Run]:
     """The grid narrowed by --task / --kernel(s) / --seeds (task, kernel, seed always in the run id), resolved
     (per_task, per_kernel) and validated."""
     check_sections(config, source)
+    args.kernels = args.kernels or args.kernel
     cli.narrow_axes(config, args)
-    if args.kernel:
-        config["grid"]["kernel"] = [args.kernel]
     tasks = parse_list(args.task, "--task")
-    if tasks:
-        for task in tasks:
-            lra.task_info(task)
-        config["grid"]["task"] = tasks
+    for task in tasks or []:
+        lra.task_info(task)
+    narrow(config, "task", tasks)
     runs = expand_grid(config, always=("task", "kernel", "seed"), ignore=IGNORE, resolve=resolve)
     validate(runs)
     return runs
@@ -452,14 +450,12 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print("\n".join(f"  {run.run_id}" for run in runs))
         return 0
-    if args.report_only:
-        records = collect(runs, out_dir)
-    else:
-        for task in sorted({run.config["task"] for run in todo}):  # shared data once, before any worker
-            first = next(r.config for r in todo if r.config["task"] == task)
-            prepare_data(task, first["data"], progress=not args.no_progress)
-        start = time.perf_counter()
-        records = run_sweep(runs, run_one, out_dir, workers, args.launcher, not args.no_progress, "lra")
+    for task in [] if args.report_only else sorted({run.config["task"] for run in todo}):
+        first = next(r.config for r in todo if r.config["task"] == task)  # shared data once, before any worker
+        prepare_data(task, first["data"], progress=not args.no_progress)
+    start = time.perf_counter()
+    records = cli.sweep(args, runs, run_one, out_dir, workers, "lra")
+    if not args.report_only:
         print(f"wall time {time.perf_counter() - start:.0f} s")
     rows = write_report(records, out_dir, stem, other_runs(runs, out_dir))
     cols = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB"]

@@ -38,7 +38,7 @@ from kernelized.experiments.framework.grid import Run, expand_grid
 from kernelized.experiments.framework.presets import load_preset
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
-from kernelized.experiments.framework.sweep import collect, load_trained_run, other_runs, run_sweep
+from kernelized.experiments.framework.sweep import load_trained_run, other_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
@@ -207,8 +207,7 @@ def validate(runs: Sequence[Run], source: str) -> None:
     built = set()
     for run in runs:
         config = run.config
-        try:
-            check_types(config, MQARSettings, source)
+        try:  # types were checked by resolve() when the grid was expanded
             task = task_config(config)
             check_mqar(task.vocab_size, task.seq_len, task.num_kv_pairs, task.power_a)
             for key in ("num_train", "num_test"):
@@ -424,10 +423,7 @@ def main(argv: list[str]) -> int:
             print(f"  {run.run_id}  (kv pairs {run.config['task']['num_kv_pairs']})")
         return 0
     start = time.perf_counter()
-    if args.report_only:
-        records = collect(runs, out_dir)
-    else:
-        records = run_sweep(runs, run_one, out_dir, workers, args.launcher, not args.no_progress, "mqar")
+    records = cli.sweep(args, runs, run_one, out_dir, workers, "mqar")
     elapsed = None if args.report_only else time.perf_counter() - start
     table = write_report(config, name, records, out_dir, elapsed, other_runs(runs, out_dir))
     print(f"\n{table}")

@@ -182,9 +182,8 @@ def report_only(out: Path, stem: str) -> int:
     path = out / f"{stem}.json"
     if not path.is_file():
         raise ValueError(f"--report-only: {path} does not exist (run the bench first, or give --out / --name)")
-    result = json.loads(path.read_text())
-    written = write_outputs(result, out, stem)
-    print("rewrote " + ", ".join(str(w) for w in written[1:]))
+    written = write_report(json.loads(path.read_text()), out, stem)
+    print("rewrote " + ", ".join(str(w) for w in written))
     return 0
 
 
@@ -251,13 +250,18 @@ def run_sections(p: dict, sections: list[str], cases: list, rate: float) -> dict
     return out
 
 
+def write_report(result: dict, out: Path, stem: str) -> list[Path]:
+    """``<stem>.md`` and the PNGs of a run's result, each written atomically; returns the paths written."""
+    path = out / f"{stem}.md"
+    write_text_atomic(markdown(result), path)
+    return [path] + (plots(result, out, stem) if result["kernels"] else [])
+
+
 def write_outputs(result: dict, out: Path, stem: str) -> list[Path]:
-    """``<stem>.json``, ``<stem>.md`` and the PNGs, each written atomically; returns the paths written."""
-    paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    if not paths[0].exists() or json.loads(paths[0].read_text()) != result:
-        write_text_atomic(json.dumps(result, indent=1, default=str), paths[0])
-    write_text_atomic(markdown(result), paths[1])
-    return paths + (plots(result, out, stem) if result["kernels"] else [])
+    """``<stem>.json`` and :func:`write_report`'s files, each written atomically; returns the paths written."""
+    path = out / f"{stem}.json"
+    write_text_atomic(json.dumps(result, indent=1, default=str), path)
+    return [path, *write_report(result, out, stem)]
 
 
 @command

@@ -25,6 +25,7 @@ from kernelized._checks import USER_ERRORS, command  # noqa: F401  (re-exported:
 from kernelized.experiments.framework.grid import narrow
 from kernelized.experiments.framework.launchers import LAUNCHERS
 from kernelized.experiments.framework.presets import parse_list
+from kernelized.experiments.framework.sweep import collect, failed, run_sweep
 
 
 def experiment_parser(experiment: str, doc: str | None, default_preset: str) -> argparse.ArgumentParser:
@@ -121,9 +122,17 @@ def start(args: argparse.Namespace, config: dict, experiment: str, runs: Sequenc
     return name, out_dir, n, todo
 
 
+def sweep(args: argparse.Namespace, runs: Sequence, run_fn: Callable, out_dir: Path, n_workers: int,
+          experiment: str) -> list[dict]:  # fmt: skip
+    """The runs' records: read back from their folders with ``--report-only``, else run what is not finished."""
+    if args.report_only:
+        return collect(runs, out_dir)
+    return run_sweep(runs, run_fn, out_dir, n_workers, args.launcher, not args.no_progress, experiment)
+
+
 def finish(records: Sequence[dict]) -> int:
     """Exit code of a sweep command: 1 (with one ``error:`` line) when runs failed, else 0."""
-    bad = [r for r in records if r["status"] == "failed"]
+    bad = failed(records)
     if bad:
         print(
             f"error: {len(bad)} of {len(records)} runs failed ({bad[0]['run_id']}: see its error.txt)", file=sys.stderr
