@@ -96,6 +96,10 @@ def section_keys(schema: Mapping, dotted: str) -> tuple[str, list[str]] | None:
 def unknown_key_error(dotted: str, schema: Mapping, where: str) -> ValueError:
     """``unknown key 'train.lrr' in <where>; valid keys of 'train' are [...]``."""
     section, keys = section_keys(schema, dotted) or ("", sorted(schema))
+    return _unknown(dotted, section, keys, where)
+
+
+def _unknown(dotted: str, section: str, keys: list[str], where: str) -> ValueError:
     scope = f"of '{section}'" if section else "at the top level"
     return ValueError(f"unknown key {dotted!r} in {where}; valid keys {scope} are {keys}")
 
@@ -106,9 +110,7 @@ def check_keys(schema: Mapping, update: Mapping, source: str, prefix: str = "") 
     for key, value in update.items():
         name = f"{prefix}{key}"
         if key not in schema:
-            section = prefix.rstrip(".")
-            scope = f"of '{section}'" if section else "at the top level"
-            raise ValueError(f"unknown key {name!r} in {source}; valid keys {scope} are {sorted(schema)}")
+            raise _unknown(name, prefix.rstrip("."), sorted(schema), source)
         default = schema[key]
         if isinstance(default, dict) and default and value is not None:
             if not isinstance(value, dict):
