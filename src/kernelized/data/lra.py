@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from kernelized._checks import check_choice, check_positive_int
-from kernelized.data import listops, pathfinder
+from kernelized.data import bbc_news, fashion_mnist, listops, pathfinder
 from kernelized.data.cache import hub_cache
+from kernelized.data.fetch import verified_folder
 
 PAD_ID, CLS_ID, OFFSET = 0, 1, 2
 BYTE_VOCAB = 256 + OFFSET
@@ -64,10 +65,28 @@ TASKS = {
 }
 
 
-def task_info(task: str) -> TaskInfo:
+# Where a task's examples come from: the first source is LRA's own; the others are real corpora this machine can
+# have (``kernelized data fetch <source>``) for the CPU tier.
+SOURCES = {
+    "listops": ("listops",),
+    "text": ("imdb", "bbc-news"),
+    "retrieval": ("aan", "bbc-news"),
+    "image": ("cifar10", "fashion-mnist"),
+    "pathfinder": ("pathfinder",),
+}
+FETCHED = ("bbc-news", "fashion-mnist")  # sources read from the data cache
+_SOURCE_CLASSES = {("text", "bbc-news"): 5}
+
+
+def task_info(task: str, source: str | None = None) -> TaskInfo:
+    """The task's :class:`TaskInfo`; ``source`` (default: LRA's) changes the class count where it differs."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-    return TASKS[task]
+    info = TASKS[task]
+    if source is not None:
+        check_choice(f"data.source of task {task}", source, SOURCES[task])
+        info = replace(info, num_classes=_SOURCE_CLASSES.get((task, source), info.num_classes))
+    return info
 
 
 # ---------------------------------------------------------------- bytes and pixels
@@ -266,11 +285,49 @@ def load_listops(split: str, max_len: int, path: str | os.PathLike) -> TensorDat
     return listops.load_split(path, split, max_len)
 
 
-def load_task(task: str, split: str, *, max_len: int | None = None, path: str | os.PathLike | None = None):
-    """One split of an LRA task as a TensorDataset (inputs..., labels); ``max_len`` defaults to LRA's."""
-    info = task_info(task)
+def load_bbc_text(split: str, max_len: int, path=None, split_seed: int = 0) -> TensorDataset:
+    """BBC News topics as bytes: ``(tokens [N, max_len], labels [N])`` (5 classes), stratified split."""
+    docs, labels, topics = bbc_news.read_corpus(verified_folder("bbc-news", path))
+    if len(topics) != 5:
+        raise ValueError(f"bbc-news: expected the 5 BBC topics, found {len(topics)}: {topics}")
+    idx = bbc_news.split_indices(labels, split, split_seed)
+    return TensorDataset(encode_bytes([docs[i] for i in idx], max_len), torch.as_tensor(labels[idx]))
+
+
+def load_bbc_retrieval(split: str, max_len: int, path=None, split_seed: int = 0, pairs_per_document: int = 1):
+    """Same-topic pairs of BBC articles: ``(x1 [P, max_len], x2 [P, max_len], labels [P])``, balanced."""
+    docs, labels, _ = bbc_news.read_corpus(verified_folder("bbc-news", path))
+    idx = bbc_news.split_indices(labels, split, split_seed)
+    first, second, same = bbc_news.retrieval_pairs(labels, idx, split_seed + SPLITS.index(split), pairs_per_document)
+    tokens = encode_bytes(docs, max_len)
+    return TensorDataset(tokens[first], tokens[second], torch.as_tensor(same))
+
+
+def load_fashion_mnist(split: str, path=None) -> TensorDataset:
+    """Fashion-MNIST padded to 32x32: ``(pixels [N, 1024], labels [N])`` (10 classes)."""
+    images, labels = fashion_mnist.load_split(verified_folder("fashion-mnist", path), split)
+    return TensorDataset(encode_pixels(images), torch.as_tensor(labels))
+
+
+def load_task(
+    task: str,
+    split: str,
+    *,
+    max_len: int | None = None,
+    path: str | os.PathLike | None = None,
+    source: str | None = None,
+    split_seed: int = 0,
+    pairs_per_document: int = 1,
+):
+    """One split of an LRA task as a TensorDataset (inputs..., labels); ``max_len`` defaults to LRA's; ``source``
+    picks the data (:data:`SOURCES`; default LRA's); ``split_seed`` and ``pairs_per_document`` are bbc-news's."""
+    info = task_info(task, source)
     _check_split(split)
     max_len = max_len or info.max_len
+    if source == "bbc-news":
+        if task == "text":
+            return load_bbc_text(split, max_len, path, split_seed)
+        return load_bbc_retrieval(split, max_len, path, split_seed, pairs_per_document)
     if task in ("listops", "pathfinder") and path is None:
         raise ValueError(f"task {task!r} needs a data path (write one with `kernelized data {task} --out DIR`)")
     if task == "listops":
@@ -279,7 +336,10 @@ def load_task(task: str, split: str, *, max_len: int | None = None, path: str | 
         return load_text(split, max_len, path)
     if task == "retrieval":
         return load_retrieval(split, max_len, path)
-    ds = load_image(split, path) if task == "image" else load_pathfinder(split, path)
+    if task == "image":
+        ds = load_fashion_mnist(split, path) if source == "fashion-mnist" else load_image(split, path)
+    else:
+        ds = load_pathfinder(split, path)
     if ds.tensors[0].shape[1] > max_len:
         raise ValueError(
             f"{task} images give {ds.tensors[0].shape[1]} pixels per sequence, more than max_len={max_len}"

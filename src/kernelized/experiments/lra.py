@@ -35,12 +35,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from kernelized.data import listops, lra, pathfinder
+from kernelized.data import fetch, listops, lra, pathfinder
 from kernelized.data.cache import cache_path
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.grid import Run, config_hash, expand_grid, narrow
-from kernelized.experiments.framework.presets import get_key, load_preset, parse_list
-from kernelized.experiments.framework.reduce import reduce_runs
+from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import (
     ExperimentConfig,
     check_keys,
@@ -50,7 +49,8 @@ from kernelized.experiments.framework.schema import (
     train_defaults,
 )
 from kernelized.experiments.framework.sweep import load_trained_run, other_runs
-from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.experiments.framework.tables import markdown_table
+from kernelized.experiments.lra_report import write_report
 from kernelized.layers.mixers import attention_names, attention_spec
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 from kernelized.train import TrainConfig, Trainer
@@ -60,7 +60,11 @@ from kernelized.train.memory import peak_rss_mb, reset_peak_rss
 
 @dataclass
 class Data:
-    path: str | None = None  # folder with the task's files; None = generate (listops, pathfinder) or the hub
+    path: str | None = None  # folder with the task's files; None = generate (listops, pathfinder), the data
+    # cache (fetched sources) or the hub
+    source: str | None = None  # None = LRA's data; text / retrieval: bbc-news; image: fashion-mnist (data.lra.SOURCES)
+    split_seed: int = 0  # bbc-news: the stratified train/val/test split (fixed across run seeds: paired tests)
+    pairs_per_document: int = 1  # bbc-news retrieval: rounds of (same-topic, other-topic) pairs per document
     cache_dir: str | None = None  # where generated data goes; None = the data cache ($KERNELIZED_DATA/lra)
     max_len: int | None = None  # tokens per input; None = the generator's longest or LRA's length
     train_examples: int | None = None  # use only the first N training examples (None = all)
@@ -81,6 +85,7 @@ class Model:
     pooling: str = "cls"
     positions: str = "sinusoidal"
     dropout: float = 0.0
+    embed_std: float = 1.0  # token embedding init std (LRA's 1.0; 0.02 drowns tokens under sinusoidal positions)
     mode: str = "chunk"  # linear attention form (bidirectional)
     chunk_size: int = 64
 
@@ -104,13 +109,6 @@ DEFAULTS = defaults_of(LRASettings)
 SECTION_SCHEMA = {k: v for k, v in DEFAULTS.items() if k not in ("per_task", "per_kernel", "task", "kernel")}
 IGNORE = ("data.cache_dir",)  # where generated data lives does not change a result
 
-# LRA-paper Table 1 (Tay et al. 2021), test accuracy %; Tay et al., "Long Range Arena", ICLR 2021.
-PUBLISHED = {
-    "Transformer (softmax)": {"listops": 36.37, "text": 64.27, "retrieval": 57.46, "image": 42.44, "pathfinder": 71.40},
-    "Performer": {"listops": 18.01, "text": 65.40, "retrieval": 53.82, "image": 42.77, "pathfinder": 77.05},
-    "Linear Trans. (elu+1)": {"listops": 16.13, "text": 65.90, "retrieval": 53.09, "image": 42.34, "pathfinder": 75.30},
-}
-TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder"]
 LRA_TRAIN_SIZES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "image": 45_000, "pathfinder": 160_000}
 
 
@@ -125,18 +123,24 @@ def check_sections(config: dict, source: str) -> None:
         for key, update in entries.items():
             if key not in valid:
                 raise ValueError(f"{section}.{key} in {source}: {key!r} is not one of {valid}")
-            check_keys(SECTION_SCHEMA, update or {}, source, f"{section}.{key}.")
+            update = dict(update or {})
+            if section == "per_task" and "per_kernel" in update:  # a task's own per-kernel settings
+                check_sections({"per_kernel": update.pop("per_kernel")}, f"{source}, per_task.{key}")
+            check_keys(SECTION_SCHEMA, update, source, f"{section}.{key}.")
 
 
 def resolve(config: dict) -> dict:
-    """A run's effective config: ``per_task[task]`` then ``per_kernel[kernel]`` merged over the fixed fields
-    (idempotent: a resolved config has no per_* sections left)."""
+    """A run's effective config: ``per_task[task]``, then ``per_kernel[kernel]``, then the task's own
+    ``per_task[task].per_kernel[kernel]`` merged over the fixed fields (idempotent: a resolved config has no
+    per_* sections left)."""
     task, kernel = config["task"], config["kernel"]
     lra.task_info(task)
     attention_spec(kernel)  # an unknown kernel name fails here, listing the valid ones
     out = {k: v for k, v in config.items() if k not in ("per_task", "per_kernel")}
-    for section, key in (("per_task", task), ("per_kernel", kernel)):
-        out = deep_update(out, (config.get(section) or {}).get(key) or {})
+    task_update = dict((config.get("per_task") or {}).get(task) or {})
+    task_kernels = task_update.pop("per_kernel", None) or {}
+    for update in (task_update, (config.get("per_kernel") or {}).get(kernel), task_kernels.get(kernel)):
+        out = deep_update(out, update or {})
     check_types(out, LRASettings, f"the run's config (task {task}, kernel {kernel})")
     return out
 
@@ -151,6 +155,10 @@ def _generated_dir(task: str, data: dict) -> Path:
 def prepare_data(task: str, data: dict, progress: bool = True) -> Path | None:
     """The folder a run reads: ``data.path``, or generated data (written once, atomically) for ListOps and
     Pathfinder; None for the hub."""
+    source = data.get("source")
+    lra.task_info(task, source)  # a source the task does not have fails here
+    if source in lra.FETCHED:
+        return fetch.verified_folder(source, data.get("path"))  # missing: one error naming the fetch command
     if data.get("path") is not None:
         path = Path(data["path"])
         if not path.exists():
@@ -200,7 +208,15 @@ def load_splits(task: str, data: dict, path: Path | None) -> dict[str, TensorDat
     max_len = default_max_len(task, data)
     out = {}
     for split in ("train", "val", "test"):
-        ds = lra.load_task(task, split, max_len=max_len, path=path)
+        ds = lra.load_task(
+            task,
+            split,
+            max_len=max_len,
+            path=path,
+            source=data.get("source"),
+            split_seed=data.get("split_seed", 0),
+            pairs_per_document=data.get("pairs_per_document", 1),
+        )
         limit = data.get("train_examples" if split == "train" else "eval_examples")
         if limit is not None and limit < len(ds):
             ds = Subset(ds, range(int(limit)))
@@ -228,7 +244,7 @@ def mixer_spec(kernel: str, model: dict, kernel_options: dict) -> dict:
 def build_model(config: dict) -> torch.nn.Module:
     """The classifier (or two-tower model for retrieval) a resolved config describes."""
     task, m, data = config["task"], config["model"], config["data"]
-    info = lra.task_info(task)
+    info = lra.task_info(task, data.get("source"))
     max_len = default_max_len(task, data) + (1 if m["pooling"] == "cls" else 0)
     cfg = encoder_config(
         info.vocab_size,
@@ -239,6 +255,7 @@ def build_model(config: dict) -> torch.nn.Module:
         max_len=max_len,
         positions=m["positions"],
         dropout=m["dropout"],
+        embed_std=m["embed_std"],
     )
     cls = DualEncoderClassifier if info.dual else EncoderClassifier
     return cls(cfg, info.num_classes, pooling=m["pooling"], head_hidden=m.get("head_hidden"))
@@ -279,10 +296,17 @@ def run_one(config: dict, run_dir: Path) -> dict:
         "val_best_accuracy": summary["best"].get("accuracy"),
         "peak_memory_mb": peak,
         "peak_memory_kind": kind,
+        "majority": majority_rate(splits["test"]),
         "num_train": len(splits["train"]),
         "num_test": len(splits["test"]),
         "max_len": default_max_len(task, config["data"]),
     }
+
+
+def majority_rate(ds) -> float:
+    """The share of the most frequent label in a dataset whose last tensor is the labels (a Subset too)."""
+    labels = torch.as_tensor([int(ds[i][-1]) for i in range(len(ds))]) if isinstance(ds, Subset) else ds.tensors[-1]
+    return float(torch.bincount(labels).max()) / max(1, len(labels))
 
 
 def train_flops(runs: list[Run]) -> float:
@@ -330,97 +354,6 @@ def analysis_batch(config: dict, num_examples: int) -> tuple[torch.Tensor, torch
     return inputs, inputs != 0
 
 
-# -- report --------------------------------------------------------------------------------------------
-def summarize(records: list[dict]) -> list[dict]:
-    """Rows per (task, kernel): test accuracy mean ± 95% CI over seeds, plus mean val accuracy, steps/s, memory;
-    a cell without a finished run has n = 0 and dashes."""
-    rows = reduce_runs(records, cell_keys=["task", "kernel"], metric="test.accuracy", lr_key=None)
-    rows = with_ci_column(rows, "test acc % (95% CI)", digits=1, scale=100.0)
-    by_cell: dict[tuple, list[dict]] = {}
-    for rec in records:
-        if rec["status"] == "finished":
-            by_cell.setdefault((rec["config"]["task"], rec["config"]["kernel"]), []).append(rec["summary"])
-    for row in rows:
-        sums = by_cell.get((row["task"], row["kernel"]), [])
-
-        def mean(key, sums=sums):
-            vals = [get_key(s, key) for s in sums if get_key(s, key) is not None]
-            return sum(vals) / len(vals) if vals else math.nan
-
-        row["chance %"] = 100 / lra.task_info(row["task"]).num_classes
-        row["val acc %"] = 100 * mean("val_best_accuracy")
-        row["steps/s"] = mean("steps_per_s")
-        row["peak MB"] = mean("peak_memory_mb")
-        row["seconds"] = mean("wall_time_s")
-    order = {t: i for i, t in enumerate(TASK_ORDER)}
-    return sorted(rows, key=lambda r: (order.get(r["task"], 99), -r["mean"] if not math.isnan(r["mean"]) else 0))
-
-
-def draw_figure(path: Path, rows: list[dict], title: str) -> None:
-    """Test accuracy per kernel, one panel per task, with 95% CI bars and the chance level."""
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r["n"] > 0]
-    if not rows:
-        raise ValueError("no finished run to draw")
-    tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in rows)]
-    per_task = max(sum(r["task"] == t for r in rows) for t in tasks)
-    width = 1.5 + len(tasks) * (1.0 + 0.35 * per_task)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        sub = [r for r in rows if r["task"] == task]
-        names = [r["kernel"] for r in sub]
-        errs = [0.0 if math.isnan(r["half_width"]) else 100 * r["half_width"] for r in sub]
-        colors = ["tab:gray" if n == "softmax" else "tab:blue" for n in names]
-        ax.bar(range(len(sub)), [100 * r["mean"] for r in sub], yerr=errs, capsize=3, color=colors)
-        ax.axhline(100 / lra.task_info(task).num_classes, color="k", ls="--", lw=0.8, label="chance")
-        ax.set_xticks(range(len(sub)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_title(task)
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def published_table() -> str:
-    rows = [{"model": name, **{t: f"{v:.2f}" for t, v in accs.items()}} for name, accs in PUBLISHED.items()]
-    return markdown_table(rows, ["model", *TASK_ORDER], ["published (LRA paper, Table 1)", *TASK_ORDER])
-
-
-COLUMNS = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB", "seconds"]
-
-
-def write_report(records: list[dict], out_dir: Path, preset_name: str, ignored=()) -> list[dict]:
-    """report.md (status, table, published numbers), figure.png and table.json from the current config's runs."""
-    rows = summarize(records)
-    title = f"LRA, preset {preset_name}: test accuracy, 95% CI over seeds"
-    figure_error = write_figure(draw_figure, out_dir / "figure.png", rows, title)
-    text = "\n".join(
-        [
-            f"# LRA ({preset_name})",
-            "",
-            status_section(records, ignored),
-            f"Preset `{preset_name}`; test accuracy of the final model, mean and 95% Student-t interval over seeds "
-            "(n = seeds; `–` = no finished run); chance = one over the number of classes. Peak MB is the CUDA "
-            "allocator peak on GPU; on CPU the run's peak RSS (Linux VmHWM reset before training; where that was "
-            "not possible, the worker process's lifetime peak).",
-            "",
-            markdown_table(rows, COLUMNS, digits=2),
-            f"({figure_error})" if figure_error else "![test accuracy](figure.png)",
-            "",
-            "For orientation only, the published LRA numbers (different sizes and lengths, not comparable to a "
-            "small preset):",
-            "",
-            published_table(),
-        ]
-    )
-    write_text_atomic(text, out_dir / "report.md")
-    write_text_atomic(json.dumps(rows, indent=1, default=str), out_dir / "table.json")
-    return rows
-
-
 # -- CLI -----------------------------------------------------------------------------------------------
 def prepare_runs(config: dict, args, source: str) -> list[Run]:
     """The grid narrowed by --task / --kernel(s) / --seeds (task, kernel, seed always in the run id), resolved
@@ -458,9 +391,9 @@ def main(argv: list[str]) -> int:
     if not args.report_only:
         print(f"wall time {time.perf_counter() - start:.0f} s")
     rows = write_report(records, out_dir, stem, other_runs(runs, out_dir))
-    cols = ["task", "kernel", "test acc % (95% CI)", "n", "chance %", "val acc %", "steps/s", "peak MB"]
+    cols = ["task", "kernel", "test acc % (95% CI)", "n", "majority %", "val acc %", "steps/s", "peak MB"]
     print(markdown_table(rows, cols, digits=2))
-    print(f"results: {out_dir / 'results.csv'}, {out_dir / 'report.md'}, {out_dir / 'figure.png'}")
+    print(f"results: {out_dir / 'results.csv'}, {out_dir / 'report.md'}, {out_dir / 'figure.png'}, curves.png")
     return cli.finish(records)
 
 

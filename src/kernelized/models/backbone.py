@@ -37,6 +37,9 @@ class ModelConfig:
         dropout: on embeddings and block outputs.
         causal: autoregressive mixers (LMs, MQAR) or bidirectional (encoders).
         tie_embeddings: the LM head shares the token embedding.
+        embed_std: standard deviation of the token embedding at init. 0.02 (GPT-2) suits learned positions of the
+            same scale; beside sinusoidal positions (amplitude 1 per coordinate) it leaves the tokens 1/50 of the
+            input, and a classifier starts blind to its input (LRA initialises token embeddings with std 1.0).
     """
 
     vocab_size: int
@@ -48,6 +51,7 @@ class ModelConfig:
     dropout: float = 0.0
     causal: bool = True
     tie_embeddings: bool = True
+    embed_std: float = 0.02
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size)
@@ -55,6 +59,8 @@ class ModelConfig:
         check_positive_int("max_len", self.max_len)
         check_choice("positions", self.positions, POSITIONS)
         check_choice("norm", self.norm, NORMS)
+        if not isinstance(self.embed_std, (int, float)) or not self.embed_std > 0:
+            raise ValueError(f"embed_std must be a positive number, got {self.embed_std!r}")
         if not isinstance(self.blocks, list) or not self.blocks:
             raise ValueError(f"blocks must be a non-empty list of block dicts, got {self.blocks!r}")
         for i, block in enumerate(self.blocks):
@@ -211,7 +217,8 @@ class LanguageModel(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """GPT-2 style: N(0, 0.02) for linear and embedding weights, zero biases.
+    """GPT-2 style: N(0, 0.02) for linear and embedding weights, zero biases; each backbone's token embedding
+    N(0, ``cfg.embed_std``).
 
     Feature maps keep their own initialisation (ReBased's gamma = 1, beta = 0; spectral generators' xavier).
     """
@@ -223,3 +230,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+    for module in model.modules():
+        if isinstance(module, SequenceModel):
+            nn.init.normal_(module.embed.weight, std=module.cfg.embed_std)

@@ -162,8 +162,13 @@ def encoder_config(
     max_len: int = 2048,
     positions: str = "sinusoidal",
     dropout: float = 0.0,
+    embed_std: float = 1.0,
 ) -> ModelConfig:
-    """A bidirectional :class:`ModelConfig` of ``num_layers`` identical blocks ``{mixer, gelu MLP}``."""
+    """A bidirectional :class:`ModelConfig` of ``num_layers`` identical blocks ``{mixer, gelu MLP}``.
+
+    ``embed_std``: the token embedding's init std; 1.0 as LRA's encoders (``nn.initializers.normal(stddev=1.0)``
+    in ``lra_benchmarks/models/layers/common_layers.py``), so the tokens are not drowned by sinusoidal positions.
+    """
     check_positive_int("num_layers", num_layers)
     block = {"mixer": dict(mixer), "mlp": "gelu", "mlp_hidden": mlp_hidden}
     return ModelConfig(
@@ -175,4 +180,5 @@ def encoder_config(
         dropout=dropout,
         causal=False,
         tie_embeddings=False,
+        embed_std=embed_std,
     )
