@@ -472,3 +472,54 @@ def test_ray_launcher_gives_the_same_results_as_local(tmp_path):
         assert a["summary"]["train_loss"] == b["summary"]["train_loss"]
     # resume is unchanged: a second call finds every run finished and trains nothing
     assert run_sweep(runs, mqar.run_one, tmp_path / "ray", progress=False) == remote
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from kernelized.experiments.framework.grid import expand_grid
+from kernelized.experiments.framework.sweep import run_sweep
+
+def run_fn(config, run_dir):
+    Path(sys.argv[1], f"pid-{os.getpid()}").write_text("")
+    time.sleep(120)
+    return {}
+
+if __name__ == "__main__":
+    runs = expand_grid({"seed": 0, "grid": {"x": [1, 2]}})
+    run_sweep(runs, run_fn, Path(sys.argv[1]) / "out", workers=2, progress=False)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="PR_SET_PDEATHSIG is Linux's")
+def test_local_workers_end_when_the_sweep_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sweep.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("pid-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
+    assert len(pids) == 2, "the workers did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+            return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+
+    deadline = time.time() + 20
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} kept running after their sweep was killed"

@@ -23,10 +23,27 @@ def threads_per_run(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this worker SIGTERM when the sweep process ends, however it ends (a `kill` of the
+    sweep left its workers training on, writing into run folders a new sweep then also wrote)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not glibc: workers end when their queue closes, as before
+        pass
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _init_local_worker(threads: int) -> None:
+    _die_with_parent()
+    _init_worker(threads)
 
 
 def _threaded(threads: int, call: Callable, run_fn: Callable, run, run_dir: Path):
@@ -43,7 +60,7 @@ def launch_local(pending: Sequence, call: Callable, run_fn: Callable, out_dir: P
     ctx = get_context("spawn")
     threads = threads_per_run(workers)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(threads,)
     ) as pool:
         futures = [pool.submit(call, run_fn, run, out_dir / run.run_id) for run in pending]
         for future in as_completed(futures):
