@@ -41,7 +41,9 @@ def make_bbc(folder, topics=TOPICS):
     for topic, n in topics.items():
         (folder / topic).mkdir(parents=True)
         for i in range(n):
-            (folder / topic / f"{i + 1:03d}.txt").write_bytes(f"{topic} story {i}\n\n".encode() + b"\xe9 body " * (i + 1))
+            (folder / topic / f"{i + 1:03d}.txt").write_bytes(
+                f"{topic} story {i}\n\n".encode() + b"\xe9 body " * (i + 1)
+            )
     return folder
 
 
@@ -86,9 +88,7 @@ def test_bbc_split_is_stratified_disjoint_and_fixed_by_seed(tmp_path):
     for label in range(len(topics)):  # each topic in every split
         assert all((labels[idx] == label).any() for idx in parts.values())
     np.testing.assert_array_equal(parts["test"], bbc_news.split_indices(labels, "test", seed=3))
-    assert any(
-        not np.array_equal(parts[s], bbc_news.split_indices(labels, s, seed=4)) for s in bbc_news.SPLITS
-    )
+    assert any(not np.array_equal(parts[s], bbc_news.split_indices(labels, s, seed=4)) for s in bbc_news.SPLITS)
 
 
 def test_bbc_retrieval_pairs_are_balanced_and_stay_in_their_split(tmp_path):

@@ -3,13 +3,16 @@
 Token ids, shared by every task: 0 = padding, 1 = [CLS]; ListOps has its own 15 symbols after them
 (:data:`kernelized.data.listops.VOCAB`); bytes and pixels are ``value + 2`` (vocab 258).
 
-| task       | data                                                      | example tensors                         |
-|------------|-----------------------------------------------------------|-----------------------------------------|
-| listops    | ``basic_{train,val,test}.tsv`` (LRA's files or generated)  | tokens [N, T], labels [N] (10 classes)  |
-| text       | IMDB bytes: ``stanfordnlp/imdb`` or local csv/json/parquet | tokens [N, T], labels [N] (2)           |
-| retrieval  | AAN ``new_aan_pairs.{train,eval,test}.tsv``                | x1 [N, T], x2 [N, T], labels [N] (2)    |
-| image      | CIFAR-10 gray: ``uoft-cs/cifar10`` or local ``.npy``       | pixels [N, 1024], labels [N] (10)       |
-| pathfinder | generated ``{train,val,test}.npz``, or LRA's PNG folders  | pixels [N, H*W], labels [N] (2)         |
+| task       | sources (LRA's first, then the CPU tier's real corpora)             | example tensors                   |
+|------------|---------------------------------------------------------------------|-----------------------------------|
+| listops    | generated or LRA's ``basic_{train,val,test}.tsv``                   | tokens [N, T], labels [N] (10)    |
+| text       | ``imdb`` (hub or csv/json/parquet); ``bbc-news`` topics             | tokens [N, T], labels [N] (2 / 5) |
+| retrieval  | ``aan`` (``new_aan_pairs.*.tsv``); ``bbc-news`` same-topic pairs    | x1, x2 [N, T], labels [N] (2)     |
+| image      | ``cifar10`` gray (hub or ``.npy``); ``fashion-mnist`` IDX, padded   | pixels [N, 1024], labels [N] (10) |
+| pathfinder | generated ``{train,val,test}.npz``, or LRA's PNG folders            | pixels [N, H*W], labels [N] (2)   |
+
+The fetched corpora (:mod:`kernelized.data.fashion_mnist`, :mod:`kernelized.data.bbc_news`) are read from the data
+cache after ``kernelized data fetch <source>``, or from ``path``.
 
 Splits follow LRA: IMDB has no validation split, so "val" is its test split (LRA's input pipeline does the same);
 CIFAR-10 "train" is ``train[:45000]``, "val" ``train[45000:]``; AAN "val" is the ``eval`` file. Text is truncated

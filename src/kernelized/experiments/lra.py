@@ -37,6 +37,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from kernelized.data import fetch, listops, lra, pathfinder
 from kernelized.data.cache import cache_path
+from kernelized.experiments import lra_scaling
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.grid import Run, config_hash, expand_grid, narrow
 from kernelized.experiments.framework.presets import load_preset, parse_list
@@ -370,15 +371,40 @@ def prepare_runs(config: dict, args, source: str) -> list[Run]:
     return runs
 
 
+def scaling(args, runs: list[Run]) -> int:
+    """``--scaling``: :mod:`kernelized.experiments.lra_scaling` on the first run of each kernel (one task)."""
+    tasks = sorted({r.config["task"] for r in runs})
+    if len(tasks) != 1:
+        raise ValueError(f"--scaling measures one task; the runs have {tasks} (pass --task)")
+    lengths = [int(x) for x in parse_list(args.scaling_lengths, "--scaling-lengths")]
+    configs = {}
+    for run in runs:
+        configs.setdefault(run.config["kernel"], run.config)
+    out_dir = (Path(args.out) if args.out else Path("runs") / "lra" / Path(str(args.preset)).stem) / "scaling"
+    rows = lra_scaling.measure_scaling(configs, lengths, args.scaling_batch, args.scaling_steps, build_model,
+                                       progress=not args.no_progress)  # fmt: skip
+    header = (f"# LRA {tasks[0]} model (preset {Path(str(args.preset)).stem}): one AdamW step, batch "
+              f"{args.scaling_batch}, {torch.get_num_threads()} threads, median of {args.scaling_steps}")  # fmt: skip
+    print(lra_scaling.write(rows, out_dir, header))
+    print(f"results: {out_dir / 'scaling.md'}, scaling.csv, scaling.png")
+    return 0
+
+
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.experiment_parser("lra", __doc__, default_preset="small")
     parser.add_argument("--task", help=f"comma-separated tasks of {list(lra.TASKS)} (default: the preset's)")
     parser.add_argument("--kernel", help="one kernel (the same as --kernels with one name)")
     parser.add_argument("--all", action="store_true", help="every task x kernel x seed of the preset (the default)")
+    parser.add_argument("--scaling", action="store_true", help="time and memory of a training step vs T, no training")
+    parser.add_argument("--scaling-lengths", default="1024,2048,4096", help="comma-separated T for --scaling")
+    parser.add_argument("--scaling-batch", type=int, default=1, help="batch size for --scaling")
+    parser.add_argument("--scaling-steps", type=int, default=3, help="timed steps per cell for --scaling")
     args = parser.parse_args(argv)
     config = load_preset("lra", args.preset, cli.overrides(args), defaults=DEFAULTS)
     runs = prepare_runs(config, args, f"preset {args.preset}")
+    if args.scaling:
+        return scaling(args, runs)
     stem, out_dir, workers, todo = cli.start(args, config, "lra", runs, train_flops)
     if args.dry_run:
         print("\n".join(f"  {run.run_id}" for run in runs))

@@ -90,10 +90,17 @@ def wanted(a: str, b: str) -> bool:
     return b in ("softmax", "performer") or (a, b) in FAMILIES.values()
 
 
+def _cells(rows: list[dict]) -> list[dict]:
+    """The rows as cells (task, kernel) with their per-seed values, for the paired comparisons (which group rows
+    by every key that is not a statistic)."""
+    keep = ("task", "kernel", "mean", "n", "values", "seeds")
+    return [{k: r[k] for k in keep} for r in rows if r["n"] > 0]
+
+
 def paired_tests(rows: list[dict]) -> list[dict]:
     """Every wanted pair per task on test accuracy across shared seeds, oriented by :func:`kernel_order`."""
     order = kernel_order(sorted({r["kernel"] for r in rows}))
-    pairs = [c for c in comparisons([r for r in rows if r["n"] > 0], "kernel", order) if wanted(c["a"], c["b"])]
+    pairs = [c for c in comparisons(_cells(rows), "kernel", order) if wanted(c["a"], c["b"])]
     tasks = {t: i for i, t in enumerate(TASK_ORDER)}
     return sorted(
         pairs,
@@ -117,7 +124,7 @@ def claim_rows(rows: list[dict]) -> list[dict]:
     what that makes of the claim (supports: every pair a > b; partly: some a > b, none a < b; contradicts: some
     a < b, none a > b; mixed: both; cannot decide: none significant)."""
     order = kernel_order(sorted({r["kernel"] for r in rows}))
-    every = comparisons([r for r in rows if r["n"] > 0], "kernel", order)
+    every = comparisons(_cells(rows), "kernel", order)
     out = []
     for task in [t for t in TASK_ORDER if any(c["task"] == t for c in every)]:
         for claim, match in CLAIMS:
