@@ -409,7 +409,7 @@ def test_typed_schema_names_unknown_keys_at_any_depth_and_wrong_types(tmp_path):
 def test_packaged_presets_are_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert {"demo", "paper", "ablation"} <= set(available_presets("mqar"))
-    assert {"small", "listops"} <= set(available_presets("lra")) and "tiny" in available_presets("lm")
+    assert {"cpu", "small", "listops"} <= set(available_presets("lra")) and "tiny" in available_presets("lm")
 
 
 # -- CLI errors, figures --------------------------------------------------------------------------------------

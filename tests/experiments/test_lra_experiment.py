@@ -138,6 +138,9 @@ def test_pathfinder_and_retrieval_runs(tmp_path):
         (["--set", "per_task.lisops.model.d_model=8"], "per_task.lisops .* not one of"),
         (["--set", "per_task.text.model.d_model=8"], None),  # a task the preset has no section for yet
         (["--set", "model.d_model=big"], "model.d_model .* must be int, got 'big'"),
+        (["--set", "per_task.listops.per_kernel.elu.model.d_model=8"], None),  # a task's own per-kernel section
+        (["--set", "per_task.listops.per_kernel.gauss.model.d_model=8"], "per_kernel.gauss .* not one of"),
+        (["--set", "per_task.listops.per_kernel.elu.model.widht=8"], "unknown key 'per_kernel.elu.model.widht'"),
     ],
 )
 def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
@@ -190,7 +193,7 @@ def test_generated_data_goes_to_the_data_cache_not_the_working_directory(tmp_pat
 def test_full_size_presets_warn_on_a_cpu(capsys):
     assert exp.main(["--preset", "listops", "--kernel", "elu", "--dry-run", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "sized for a GPU" in err and "kernelized lra --preset small" in err
+    assert "sized for a GPU" in err and "kernelized lra --preset cpu" in err
 
 
 # -- the CPU tier: real corpora, the diagnosis, the report's tests and claims, the scaling measurement --------

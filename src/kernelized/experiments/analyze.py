@@ -6,7 +6,7 @@ Two ways to call it:
   (PNG: every attention layer, every head and the head mean), the IoU of each layer's map with the reference
   run's on the same inputs (same experiment, seed and data), and its gamma/beta statistics. Writes
   ``analysis.json``.
-- ``kernelized analyze SWEEP_DIR`` (e.g. ``runs/mqar/demo``, ``runs/lra/small``, ``runs/lm/tiny``): every run
+- ``kernelized analyze SWEEP_DIR`` (e.g. ``runs/mqar/demo``, ``runs/lra/cpu``, ``runs/lm/tiny``): every run
   with a checkpoint against the softmax run of the same sweep whose config is the same apart from the kernel
   (and the kernel's own settings; for MQAR the lr may differ when no softmax run has the same lr): IoU per kernel
   (and task, length, width, lr, ... where the sweep varies them; mean ± 95% CI over seeds), gamma/beta of

@@ -1,25 +1,30 @@
 """`kernelized lra`: Long Range Arena with any kernel, one task or the whole grid.
 
-    kernelized lra --preset small                                      # CPU-sized: kernels x tasks x seeds
-    kernelized lra --task listops --kernel gmm-prf                     # one cell of the small preset
+    kernelized data fetch fashion-mnist && kernelized data fetch bbc-news   # once: the CPU tier's real corpora
+    kernelized lra --preset cpu --task listops --workers 2             # one task's sweep: 13 kernels x 3 seeds
+    kernelized lra --task text --kernel gmm-prf --seeds 0              # one cell of the cpu preset (the default)
     kernelized lra --preset text --kernels performer,elu --seeds 0,1   # LRA's full Text task (sized for a GPU)
+    kernelized lra --preset text --scaling                             # time and memory of a step at T = 1k..4k
 
-A preset (``configs/lra/<name>.yaml``, default ``small``) is fixed fields plus a grid over ``task``, ``kernel``
+A preset (``configs/lra/<name>.yaml``, default ``cpu``) is fixed fields plus a grid over ``task``, ``kernel``
 and ``seed``; ``per_task`` and ``per_kernel`` sections are merged into a run's config when its task / kernel
-matches, so one preset can hold settings for several tasks (data sizes, lengths, widths) and kernels (feature
-counts); every key inside them is checked against the preset's fields. ``--task``, ``--kernel(s)`` and
-``--seeds`` narrow the grid without changing run ids. A run is its resolved config: its folder
-``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>-<hash>/`` holds ``config.yaml`` (resolved),
-``train/{metrics.jsonl, checkpoint.pt, summary.json}`` (the Trainer's) and ``result.json`` (with the test accuracy),
-plus ``results.csv``, ``report.md`` and ``figure.png`` in ``runs/lra/<preset>/``. Killed runs resume from their
-checkpoint with the same command; finished ones are not run again. The full-size presets name ``small`` as
-their ``cpu_preset``: started on a CPU they print their estimated time first.
+matches (a task's section may hold its own ``per_kernel``), so one preset can hold settings for several tasks
+(data sizes, lengths, widths) and kernels (feature counts); every key inside them is checked against the
+preset's fields. ``--task``, ``--kernel(s)`` and ``--seeds`` narrow the grid without changing run ids. A run is
+its resolved config: its folder ``runs/lra/<preset>/task=<t>_kernel=<k>_seed=<s>-<hash>/`` holds ``config.yaml``
+(resolved), ``train/{metrics.jsonl, checkpoint.pt, summary.json}`` (the Trainer's) and ``result.json`` (with the
+test accuracy and the test split's majority-class rate); ``runs/lra/<preset>/`` gets ``results.csv`` and the
+report (:mod:`kernelized.experiments.lra_report`). Killed runs resume from their checkpoint with the same
+command; finished ones are not run again. The full-size presets name ``cpu`` as their ``cpu_preset``: started on
+a CPU they print their estimated time first.
 
-ListOps and Pathfinder data are generated once per settings into the data cache (``$KERNELIZED_DATA``, default
-``~/.cache/kernelized/data``, or ``data.cache_dir``) unless ``data.path`` points at files (LRA's
-``listops-1000`` folder works as is). Text, Retrieval and Image read ``data.path`` or the hub.
-Reported: test accuracy of the final model (mean and 95% Student-t CI over seeds) beside the chance level, the
-best validation accuracy over the run's evaluations, training steps per second and peak memory (CUDA allocator
+Data (``data.source``, :data:`kernelized.data.lra.SOURCES`): ListOps and Pathfinder are generated once per
+settings into the data cache (``$KERNELIZED_DATA``, default ``~/.cache/kernelized/data``, or ``data.cache_dir``)
+unless ``data.path`` points at files (LRA's ``listops-1000`` folder works as is); ``fashion-mnist`` and
+``bbc-news`` are read from the data cache after ``kernelized data fetch`` (a missing corpus is one error line
+naming that command, before any training); IMDB, AAN and CIFAR-10 from ``data.path`` or the hub.
+Reported: test accuracy of the final model (mean and 95% Student-t CI over seeds) beside the majority class and
+chance, paired tests, the best validation accuracy, training steps per second and peak memory (CUDA allocator
 peak; on CPU the run's peak RSS: the process's peak is reset before training, on Linux).
 """
 
@@ -392,7 +397,7 @@ def scaling(args, runs: list[Run]) -> int:
 
 @cli.command
 def main(argv: list[str]) -> int:
-    parser = cli.experiment_parser("lra", __doc__, default_preset="small")
+    parser = cli.experiment_parser("lra", __doc__, default_preset="cpu")
     parser.add_argument("--task", help=f"comma-separated tasks of {list(lra.TASKS)} (default: the preset's)")
     parser.add_argument("--kernel", help="one kernel (the same as --kernels with one name)")
     parser.add_argument("--all", action="store_true", help="every task x kernel x seed of the preset (the default)")
