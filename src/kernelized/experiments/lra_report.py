@@ -77,6 +77,28 @@ def summarize(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["task"], 99), -r["mean"] if not math.isnan(r["mean"]) else 0))
 
 
+def wide_table(rows: list[dict]) -> str:
+    """Kernels x tasks: test accuracy % (mean ± 95% CI), with the majority class and the mean over tasks."""
+    tasks = [t for t in TASK_ORDER if any(r["task"] == t and r["n"] > 0 for r in rows)]
+    cells = {(r["task"], r["kernel"]): r for r in rows if r["n"] > 0}
+    kernels = list(dict.fromkeys(r["kernel"] for r in sorted(rows, key=lambda r: r["kernel"] != "softmax")))
+    out = [{"kernel": "majority class", **{t: _majority(rows, t) for t in tasks}, "mean": ""}]
+    for kernel in kernels:
+        mine = [cells.get((t, kernel)) for t in tasks]
+        line = {"kernel": kernel}
+        for task, r in zip(tasks, mine):
+            line[task] = "–" if r is None else r["test acc % (95% CI)"].split(" (")[0]
+        means = [100 * r["mean"] for r in mine if r is not None]
+        line["mean"] = f"{sum(means) / len(means):.1f}" if len(means) == len(tasks) else "–"
+        out.append(line)
+    return markdown_table(out, ["kernel", *tasks, "mean"], ["test acc % (95% CI)", *tasks, "mean over tasks"])
+
+
+def _majority(rows: list[dict], task: str) -> str:
+    value = next((r["majority %"] for r in rows if r["task"] == task and r["n"] > 0), math.nan)
+    return f"{value:.1f}"
+
+
 def kernel_order(kernels) -> list[str]:
     """The orientation of the paired tests: PRF before RKS, spectral kernels before elu, every kernel before
     performer, softmax last."""
@@ -308,6 +330,10 @@ def write_report(records: list[dict], out_dir: Path, preset_name: str, ignored=(
             "reset before training; where that was not possible, the worker process's lifetime peak).",
             "",
             markdown_table(rows, COLUMNS, digits=2),
+            "At a glance (the same numbers, kernels x tasks):",
+            "",
+            wide_table(rows),
+            "",
             f"({figure_error})" if figure_error else "![test accuracy](figure.png)",
             "",
             f"({curves_error})" if curves_error else "![training curves](curves.png)",
