@@ -89,3 +89,12 @@ def test_sign_flip_monte_carlo_matches_exact_for_many_values():
     approx, is_approx = sign_flip_pvalue(d, max_exact=10, num_resamples=50_000)
     assert is_exact and not is_approx
     assert approx == pytest.approx(exact, abs=0.01)
+
+
+def test_holm_adjusts_step_down_and_keeps_order_and_nan():
+    from kernelized.eval.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, max(2p, prev), max(p, prev)
+    out = holm([0.2, float("nan"), 0.6])
+    assert out[0] == pytest.approx(0.4) and math.isnan(out[1]) and out[2] == pytest.approx(0.6)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1

@@ -163,3 +163,15 @@ def paired_comparison(
         "exact": exact,
         "min_p": 2.0 / 2**n if n <= 1023 else 0.0,
     }
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order; NaN stays NaN
+    and does not count as a test. Controls the family-wise error rate of the whole list at the chosen alpha."""
+    p = [float(x) for x in pvalues]
+    valid = sorted((x, i) for i, x in enumerate(p) if not math.isnan(x))
+    m, out, running = len(valid), [math.nan] * len(p), 0.0
+    for rank, (x, i) in enumerate(valid):
+        running = max(running, min(1.0, (m - rank) * x))
+        out[i] = running
+    return out
