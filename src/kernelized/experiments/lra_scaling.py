@@ -3,7 +3,7 @@
 For each kernel of the preset's grid (or ``--kernels``) and each length T (``--scaling-lengths``, default 1k, 2k,
 4k), one AdamW training step of the preset's model on random bytes ``[batch, T]`` is timed (median of
 ``--scaling-steps`` after a warm-up) and its peak memory measured (CPU: VmHWM - VmRSS around one step of a fresh
-model, all timings first; CUDA: the allocator's peak), every kernel in one process, one after another. The
+model in a process of its own, after all timings), every kernel one after another. The
 growth from the shortest to the longest T is fitted as a power law: exponent ~1 is linear, ~2 quadratic.
 
 Writes ``scaling.csv``, ``scaling.md`` and ``scaling.png`` into ``<out>/scaling/``.
@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -57,12 +61,38 @@ def measure_scaling(configs: dict[str, dict], lengths, batch: int, steps: int, b
         rows.append({"kernel": kernel, "T": T, "step ms": 1000 * seconds, "peak MB": math.nan})
         probes.append((rows[-1], configs[kernel], T))
         del step
-    for row, config, T in probes:  # memory after every timing: the probe changes the allocator's threshold
-        step = _step(config, T, batch, build_model)
-        step()  # optimizer state and lazy buffers first, as when timed
-        peak = measure.peak_memory_mb(step, "cpu")
-        row["peak MB"] = math.nan if peak is None else peak
+    for row, config, T in probes:  # memory after every timing, each cell in a process of its own
+        row["peak MB"] = fresh_process_peak_mb(config, T, batch)
     return with_ratios(rows)
+
+
+_FRESH = """
+import json, sys, torch
+from kernelized.experiments import lra, lra_scaling
+from kernelized.train.memory import proc_status_kb, reset_peak_rss
+config, T, batch, threads = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+step = lra_scaling._step(config, T, batch, lra.build_model)
+reset_peak_rss()
+base = proc_status_kb("VmRSS")
+step()
+print((proc_status_kb("VmHWM") - base) / 1024)
+"""
+
+
+def fresh_process_peak_mb(config: dict, T: int, batch: int) -> float:
+    """Peak memory (MiB) of the first training step of a fresh model in a new Python process: VmHWM - VmRSS
+    around the step, after the model and inputs exist (AdamW's state, made in that step, is included). In this
+    process the pages that earlier steps freed stay resident and hide a step's peak (it read 0 MB). NaN off Linux
+    or when the process fails."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return math.nan
+    args = [json.dumps(config), str(T), str(batch), str(torch.get_num_threads())]
+    proc = subprocess.run([sys.executable, "-c", _FRESH, *args], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        print(f"note: memory at T={T} failed: {proc.stderr[-300:]}", file=sys.stderr)
+        return math.nan
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
