@@ -15,7 +15,18 @@ MQAR_PRESET = {
     "train": {"epochs": 1, "batch_size": 16, "progress": False},
     "grid": {"kernel": ["softmax", "rebased"], "seq_len": [16], "seed": [0, 1]},
 }
-LRA_ARGS = ["--task", "listops", "--kernels", "softmax,elu", "--seeds", "0", "--set", "train.max_steps=4"]
+LRA_ARGS = [
+    "--preset",
+    "small",
+    "--task",
+    "listops",
+    "--kernels",
+    "softmax,elu",
+    "--seeds",
+    "0",
+    "--set",
+    "train.max_steps=4",
+]
 LRA_ARGS += ["--set", "train.eval_every=2", "--set", "per_task.listops.data.generate.num_examples=200"]
 LRA_ARGS += ["--set", "per_task.listops.model.d_model=16", "--set", "per_task.listops.model.num_heads=2"]
 LM_ARGS = ["--set", "train.max_steps=3", "--set", "train.eval_every=3", "--set", "corpus.train_tokens=4000"]
