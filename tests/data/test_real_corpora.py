@@ -65,6 +65,16 @@ def test_fashion_mnist_splits_pad_to_32x32_and_keep_pixels(tmp_path):
     np.testing.assert_array_equal(tokens[0].reshape(32, 32)[2:30, 2:30].numpy() - lra.OFFSET, arrays["test"][0][0])
 
 
+def test_idx_files_are_read_once_per_process_until_they_change(tmp_path):
+    file = tmp_path / "train-labels-idx1-ubyte"
+    write_idx(file, np.arange(5, dtype=np.uint8))
+    first = fashion_mnist.read_idx(file)
+    assert fashion_mnist.read_idx(tmp_path / "." / file.name) is first  # same file, another spelling: no re-read
+    assert not first.flags.writeable  # the cached copy cannot be changed by one caller under another
+    write_idx(file, np.arange(7, dtype=np.uint8))  # rewritten: size and mtime differ
+    np.testing.assert_array_equal(fashion_mnist.read_idx(file), np.arange(7))
+
+
 def test_fashion_mnist_bad_files_are_named(tmp_path):
     make_fashion(tmp_path / "big", side=30)
     with pytest.raises(ValueError, match="28x28, got 30x30"):

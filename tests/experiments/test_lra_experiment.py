@@ -310,3 +310,12 @@ def test_scaling_measures_time_and_memory_per_kernel_and_length(tmp_path, capsys
     synthetic = [{"kernel": "a", "T": t, "m": 3.0 * t} for t in (1024, 4096)]
     synthetic += [{"kernel": "b", "T": t, "m": 0.5 * t * t} for t in (1024, 4096)]
     assert lra_scaling.growth(synthetic, "m") == pytest.approx({"a": 1.0, "b": 2.0})
+
+
+def test_majority_rate_counts_only_the_subset_a_limit_keeps():
+    from torch.utils.data import Subset, TensorDataset
+
+    ds = TensorDataset(torch.zeros(6, 2), torch.tensor([0, 0, 1, 1, 1, 1]))
+    assert exp.majority_rate(ds) == pytest.approx(4 / 6)
+    assert exp.majority_rate(Subset(ds, range(3))) == pytest.approx(2 / 3)  # labels 0, 0, 1
+    assert exp.majority_rate(Subset(ds, [5, 0])) == pytest.approx(1 / 2)

@@ -58,6 +58,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kernelized.data import fetch  # light (numpy only): the corpus names live there once
+
     p = argparse.ArgumentParser(prog="kernelized data", description="write generated datasets to disk")
     sub = p.add_subparsers(dest="name", required=True)
 
@@ -82,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     pf.set_defaults(run=_pathfinder)
 
     fe = sub.add_parser(
-        "fetch", help="copy a real corpus (fashion-mnist, bbc-news) into the data cache, with checksums"
+        "fetch", help=f"copy a real corpus ({', '.join(fetch.NAMES)}) into the data cache, with checksums"
     )
-    fe.add_argument("corpus", choices=["fashion-mnist", "bbc-news"])  # data.fetch.NAMES
+    fe.add_argument("corpus", choices=fetch.NAMES)
     fe.add_argument(
         "--from",
         dest="source",

@@ -311,7 +311,10 @@ def run_one(config: dict, run_dir: Path) -> dict:
 
 def majority_rate(ds) -> float:
     """The share of the most frequent label in a dataset whose last tensor is the labels (a Subset too)."""
-    labels = torch.as_tensor([int(ds[i][-1]) for i in range(len(ds))]) if isinstance(ds, Subset) else ds.tensors[-1]
+    if isinstance(ds, Subset):
+        labels = ds.dataset.tensors[-1][torch.as_tensor(list(ds.indices), dtype=torch.long)]
+    else:
+        labels = ds.tensors[-1]
     return float(torch.bincount(labels).max()) / max(1, len(labels))
 
 

@@ -15,9 +15,6 @@ import csv
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -85,14 +82,9 @@ def fresh_process_peak_mb(config: dict, T: int, batch: int) -> float:
     around the step, after the model and inputs exist (AdamW's state, made in that step, is included). In this
     process the pages that earlier steps freed stay resident and hide a step's peak (it read 0 MB). NaN off Linux
     or when the process fails."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return math.nan
     args = [json.dumps(config), str(T), str(batch), str(torch.get_num_threads())]
-    proc = subprocess.run([sys.executable, "-c", _FRESH, *args], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        print(f"note: memory at T={T} failed: {proc.stderr[-300:]}", file=sys.stderr)
-        return math.nan
-    return float(proc.stdout.strip().splitlines()[-1])
+    peak = measure.peak_mb_in_new_process(_FRESH, args, f"{config['kernel']} at T={T}")
+    return math.nan if peak is None else peak
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:

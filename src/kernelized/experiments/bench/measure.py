@@ -102,18 +102,26 @@ print((proc_status_kb("VmHWM") - base) / 1024)
 """
 
 
-def fresh_process_peak_mb(p: dict, T: int) -> float | None:
-    """Peak memory in MiB of one ReBased chunk forward+backward at length T (shape ``[B, T, H, d]`` from preset
-    ``p``), measured in a new Python process (inputs made first, then VmHWM - VmRSS around the call): no pages left
-    resident by earlier calls can hide it. None off Linux CPUs, or when the process fails (a note says why)."""
-    if p["device"] != "cpu" or not os.path.exists("/proc/self/clear_refs"):
+def peak_mb_in_new_process(script: str, args: list[str], what: str) -> float | None:
+    """Run ``python -c script *args`` and read the peak MiB it prints last (the script measures VmHWM - VmRSS
+    around its call): no pages left resident by earlier calls in this process can hide the peak. None off Linux,
+    or when the process fails (a note naming ``what`` says why)."""
+    if not os.path.exists("/proc/self/clear_refs"):
         return None
-    args = [str(x) for x in (p["batch"], T, p["heads"], p["head_dim"], p["head_dim_v"], torch.get_num_threads())]
-    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        print(f"note: fresh-process memory at T={T} failed: {proc.stderr[-300:]}", file=sys.stderr)
+        print(f"note: fresh-process memory of {what} failed: {proc.stderr[-300:]}", file=sys.stderr)
         return None
     return float(proc.stdout.strip().splitlines()[-1])
+
+
+def fresh_process_peak_mb(p: dict, T: int) -> float | None:
+    """Peak memory in MiB of one ReBased chunk forward+backward at length T (shape ``[B, T, H, d]`` from preset
+    ``p``), measured in a new Python process (inputs made first): None off Linux CPUs or when that fails."""
+    if p["device"] != "cpu":
+        return None
+    args = [str(x) for x in (p["batch"], T, p["heads"], p["head_dim"], p["head_dim_v"], torch.get_num_threads())]
+    return peak_mb_in_new_process(_FRESH_PROCESS, args, f"T={T}")
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
