@@ -11,9 +11,10 @@ on the given pairs (q, k); the rows report
 * ``variance``: the mean over pairs of the estimate's variance across draws; ``bias2``: the mean over pairs of the
   squared difference between the mean estimate and the kernel (zero up to noise for unbiased estimators);
 * ``rel_rmse``: ``sqrt(mse) / mean |kernel|``;
-* ``mse_theory``: the closed-form MSE where one applies: ``rff`` (i.i.d.):
-  ``(1/2M) (1 - exp(-|d|^2))^2``, ``d = q~ - k~``; ``gmm-prf`` (C = 1, no hyperbolic pair):
-  ``(1/M) K^2 (exp(t' Sigma t) - 1)``, ``t = q~ + k~``. Empty otherwise.
+* ``mse_theory``: the closed-form MSE where one exists (:meth:`RandomFeatureMap.estimator_mse`: i.i.d. Gaussian
+  or Gaussian-mixture frequencies, i.e. rff, performer, gmm-rks and gmm-prf without orthogonal rows), e.g. ``rff``:
+  ``(1/2M) (1 - exp(-|d|^2))^2``, ``d = q~ - k~``; ``gmm-prf`` (C = 1): ``(1/M) K^2 (exp(t' Sigma t) - 1)``,
+  ``t = q~ + k~``. Empty otherwise.
 
 For kernels without a closed form (FastFood with learned diagonals, generators) ``kernel(q, k)`` is a fixed-seed
 large-sample estimate; its own error (~1/kernel_samples) is negligible next to the MSE at the M reported here.
@@ -62,6 +63,20 @@ def standardize_spectrum(fm: RandomFeatureMap) -> None:
 
 
 @torch.no_grad()
+def scale_covariance(fm: RandomFeatureMap, factor: float) -> None:
+    """Multiply every eigenvalue of a GMM map's covariances by ``factor`` (L by sqrt(factor), or log-variances
+    by + log(factor)); the means stay. A map without covariances is an error naming the ones that have them."""
+    if not hasattr(fm, "num_components"):
+        raise ValueError(f"scale_covariance needs a gmm-rks or gmm-prf map, got {type(fm).__name__}")
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor!r}")
+    if fm.covariance == "full":
+        fm.sigma.mul_(math.sqrt(factor))
+    else:
+        fm.log_var.add_(math.log(factor))
+
+
+@torch.no_grad()
 def draw_estimates(fm: RandomFeatureMap, q: torch.Tensor, k: torch.Tensor, draws: int, seed: int = 0) -> torch.Tensor:
     """``draws`` independent estimates ``<phi(q), phi(k)>``: ``[draws, ..., H]`` (the map's draw is replaced)."""
     g = torch.Generator().manual_seed(seed)
@@ -74,17 +89,9 @@ def draw_estimates(fm: RandomFeatureMap, q: torch.Tensor, k: torch.Tensor, draws
 
 @torch.no_grad()
 def theoretical_mse(fm: RandomFeatureMap, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
-    """The closed-form per-pair MSE of one draw ``[..., H]``, where one applies (see the module docstring)."""
-    name = getattr(fm, "registry_name", "")
-    qs, ks = q * fm.input_scale, k * fm.input_scale
-    M = fm.num_frequencies
-    if name == "rff" and not fm.orthogonal:
-        d = qs - ks
-        return (1 - torch.exp(-(d * d).sum(-1))) ** 2 / (2 * M)
-    if name == "gmm-prf" and fm.num_components == 1 and not fm.hyperbolic and not fm.orthogonal:
-        K = fm.kernel(q, k)
-        return K**2 * torch.expm1(fm._quad(qs + ks)[..., 0]) / M
-    return None
+    """The closed-form per-pair MSE of one draw ``[..., H]`` (:meth:`RandomFeatureMap.estimator_mse`), or None for
+    a map without one."""
+    return fm.estimator_mse(q, k) if fm.has_estimator_mse else None
 
 
 def kernel_error(

@@ -70,6 +70,21 @@ class FeatureMap(nn.Module):
         """Closed form of ``<phi_q(q), phi_k(k)>`` (its expectation for random maps); broadcasts ``[..., d]``."""
         raise NotImplementedError
 
+    @property
+    def has_estimator_mse(self) -> bool:
+        """Whether :meth:`estimator_mse` has a closed form for this map (it raises otherwise)."""
+        return False
+
+    def estimator_mse(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Closed-form mean squared error of one draw's ``<phi(q), phi(k)>`` against :meth:`kernel`, ``[..., H]``.
+
+        Only random maps whose frequencies have a closed-form law have one (see
+        :meth:`kernelized.kernels.random_features.RandomFeatureMap.estimator_mse`); every other map raises."""
+        raise NotImplementedError(
+            f"estimator_mse: {type(self).__name__} is deterministic (its features are the kernel exactly), so it has "
+            "no estimator error"
+        )
+
     def resample(self, generator: torch.Generator | None = None) -> None:
         """Draw random frequencies anew; deterministic maps have nothing to draw."""
 

@@ -362,6 +362,61 @@ class RandomFeatureMap(FeatureMap):
         base = -self.norm_offset * ((q * q).sum(-1) + (k * k).sum(-1))
         return (weight.to(q.dtype) * e).sum(-1) * torch.exp(base)
 
+    # -- the estimator's error in closed form ------------------------------------------------
+    def gaussian_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For frequencies drawn i.i.d. within components c of Gaussian laws ``N(mu_c, Sigma_c)``:
+        ``(pi_c^2 / n_c [H, C], mu_c . x [..., H, C], x' Sigma_c x [..., H, C])`` for scaled ``x [..., H, d]``,
+        where ``n_c`` frequencies (or noise rows) of weight ``pi_c / n_c`` each come from component c. None when
+        the frequencies' law has no such form (learned transforms, generators, orthogonal rows)."""
+        return None
+
+    def no_closed_form_reason(self) -> str:
+        """Why :meth:`gaussian_moments` is None (named in :meth:`estimator_mse`'s error)."""
+        return "its frequencies are not i.i.d. draws of a Gaussian (mixture) law"
+
+    @property
+    def has_estimator_mse(self) -> bool:
+        return self.gaussian_moments(self._anchor.new_zeros(1, self.num_heads, self.head_dim)) is not None
+
+    #: GMM-RKS draws each noise row as the pair ``z +- mu`` (the KL code's symmetric pair): the two share z.
+    paired_rows = False
+
+    def estimator_mse(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Closed-form MSE of one draw's raw estimate :meth:`estimate` against :meth:`kernel`: ``[..., H, d]``
+        twice -> ``[..., H]``. The estimate is unbiased, so this is its variance, ``sum_c pi_c^2 / n_c Var_c``
+        with one frequency's (or one noise row's) variance in component c, for ``d = q~ - k~``, ``t = q~ + k~``,
+        ``a = d' Sigma_c d`` or ``t' Sigma_c t`` and ``m = mu_c . d`` or ``mu_c . t``:
+
+        * RKS, ``cos(w.d)``: ``(1 + cos(2m) e^{-2a}) / 2 - cos(m)^2 e^{-a}``, i.e. ``(1 + k(2d)) / 2 - k(d)^2``;
+          the symmetric pair ``cos((z + mu).d) + cos((z - mu).d) = 2 cos(m) cos(z.d)`` per noise row:
+          ``4 cos(m)^2 (1 - e^{-a})^2 / 2``;
+        * PRF, ``exp(w.t)``: ``E e^{2 w.t} - (E e^{w.t})^2 = e^{2m + a} (e^{a} - 1)``; the hyperbolic pair,
+          ``cosh(w.t)``: ``(1 + e^{2a} cosh(2m)) / 2 - e^{a} cosh(m)^2``; both times ``e^{-2c(|q~|^2 + |k~|^2)}``.
+
+        It grows with the covariance's eigenvalues along ``d`` (RKS: to the bound ``(1 + k(2d))/2``) or along ``t``
+        (PRF: without bound, as ``e^{2 t' Sigma t}``), and falls as 1/M. Raises for maps without a closed form."""
+        q, k = self._scaled_pair(q, k)
+        x = q - k if self.estimator == "rks" else q + k
+        moments = self.gaussian_moments(x)
+        if moments is None:
+            raise NotImplementedError(
+                f"estimator_mse: {type(self).__name__} has no closed form ({self.no_closed_form_reason()}); measure "
+                "its error by Monte Carlo (kernelized.eval.kernel_error, `kernelized kernel-error`)"
+            )
+        weight, m, a = moments
+        if self.estimator == "rks" and self.paired_rows:
+            var = 2 * torch.cos(m) ** 2 * (-torch.expm1(-a)) ** 2
+        elif self.estimator == "rks":
+            var = 0.5 * (1 + torch.cos(2 * m) * torch.exp(-2 * a)) - torch.cos(m) ** 2 * torch.exp(-a)
+        elif self.hyperbolic:
+            var = 0.5 * (1 + torch.exp(2 * a) * torch.cosh(2 * m)) - torch.exp(a) * torch.cosh(m) ** 2
+        else:
+            var = torch.exp(2 * m + a) * torch.expm1(a)
+        out = (weight.to(var.dtype) * var).sum(-1)
+        if self.estimator == "prf":
+            out = out * torch.exp(-2 * self.norm_offset * ((q * q).sum(-1) + (k * k).sum(-1)))
+        return out
+
     def _scaled_pair(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_input(q, "q")
         self.check_input(k, "k")
@@ -404,6 +459,17 @@ class StandardGaussianFeatureMap(RandomFeatureMap):
 
     def frequencies(self, noise):
         return noise["eps"]
+
+    def gaussian_moments(self, x):
+        if self.orthogonal:
+            return None
+        weight = x.new_full((self.num_heads, 1), 1.0 / self.m)
+        return weight, torch.zeros_like(x[..., :1]), (x * x).sum(-1, keepdim=True)
+
+    def no_closed_form_reason(self) -> str:
+        if self.orthogonal:
+            return "orthogonal rows are not independent; build it with orthogonal=False for the closed form"
+        return super().no_closed_form_reason()
 
 
 @register("rff")

@@ -114,6 +114,17 @@ class _GaussianMixture(RandomFeatureMap):
     def _dot_mean(self, x: torch.Tensor) -> torch.Tensor:
         return head_matmul(x, self.mean)
 
+    def gaussian_moments(self, x):
+        if self.orthogonal:
+            return None
+        pi = self.mixture_weights().to(x.dtype)
+        return pi * pi / self.per_component, self._dot_mean(x), self._quad(x)
+
+    def no_closed_form_reason(self) -> str:
+        if self.orthogonal:
+            return "orthogonal noise rows are not independent; build it with orthogonal=False for the closed form"
+        return super().no_closed_form_reason()
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, num_features={self.m}, num_components={self.num_components}, "
@@ -156,6 +167,8 @@ class GaussianMixtureRKS(_GaussianMixture):
             redraw=redraw, eval_draw=eval_draw, seed=seed, scale=scale, smoothing=smoothing,
         )  # fmt: skip
         self._init_draws()
+
+    paired_rows = True  # each noise row gives z + mu and z - mu
 
     @property
     def num_frequencies(self) -> int:
