@@ -319,3 +319,19 @@ def test_majority_rate_counts_only_the_subset_a_limit_keeps():
     assert exp.majority_rate(ds) == pytest.approx(4 / 6)
     assert exp.majority_rate(Subset(ds, range(3))) == pytest.approx(2 / 3)  # labels 0, 0, 1
     assert exp.majority_rate(Subset(ds, [5, 0])) == pytest.approx(1 / 2)
+
+
+def test_reference_kl_in_a_run_config_takes_the_codes_sizes_for_the_runs_task(tmp_path):
+    from kernelized.kernels.reference_kl import KLPerformer
+
+    preset = exp.load_preset("lra", str(tiny_preset(tmp_path)), defaults=exp.DEFAULTS)
+    base = exp.expand_grid(preset)[0].config
+    maps = {}
+    for task, kernel in (("text", "gmm-rks"), ("listops", "gmm-rks"), ("listops", "performer")):
+        config = copy.deepcopy(base) | {"task": task, "kernel": kernel, "kernel_options": {"reference": "kl"}}
+        model = exp.build_model(exp.resolve(config))
+        maps[task, kernel] = next(m for m in model.modules() if hasattr(m, "feature_map")).feature_map
+    d = 8  # d_model 16 / 2 heads
+    assert maps["text", "gmm-rks"].m == d // 2 and maps["text", "gmm-rks"].smoothing == 0.36  # n_dims = 2d + 1
+    assert maps["listops", "gmm-rks"].m == 16 and maps["listops", "gmm-rks"].smoothing == 1.0  # P = pow2cast(8 ln 8)
+    assert isinstance(maps["listops", "performer"], KLPerformer) and maps["listops", "performer"].zero_frequencies

@@ -57,6 +57,7 @@ from kernelized.experiments.framework.schema import (
 from kernelized.experiments.framework.sweep import load_trained_run, other_runs
 from kernelized.experiments.framework.tables import markdown_table
 from kernelized.experiments.lra_report import write_report
+from kernelized.kernels import reference_kl
 from kernelized.layers.mixers import attention_names, attention_spec
 from kernelized.models.classifier import DualEncoderClassifier, EncoderClassifier, encoder_config
 from kernelized.train import TrainConfig, Trainer
@@ -231,12 +232,16 @@ def load_splits(task: str, data: dict, path: Path | None) -> dict[str, TensorDat
 
 
 # -- model ---------------------------------------------------------------------------------------------
-def mixer_spec(kernel: str, model: dict, kernel_options: dict) -> dict:
-    """The mixer of every layer: softmax attention, or kernel attention with ``kernel`` (bidirectional)."""
+def mixer_spec(kernel: str, model: dict, kernel_options: dict, task: str | None = None) -> dict:
+    """The mixer of every layer: softmax attention, or kernel attention with ``kernel`` (bidirectional). With
+    ``kernel_options.reference: kl`` the KL code's sizes for ``task`` apply unless ``reference_task`` says else."""
     spec = attention_spec(kernel)
     heads = model["num_heads"]
     if spec["mixer"] == "softmax":
         return {**spec, "num_heads": heads, "dropout": 0.0}
+    kernel_options = dict(kernel_options or {})
+    if kernel_options.get("reference") and task in reference_kl.TASKS:
+        kernel_options.setdefault("reference_task", task)
     return {
         **spec,
         "num_heads": heads,
@@ -256,7 +261,7 @@ def build_model(config: dict) -> torch.nn.Module:
         info.vocab_size,
         m["d_model"],
         m["num_layers"],
-        mixer_spec(config["kernel"], m, config.get("kernel_options")),
+        mixer_spec(config["kernel"], m, config.get("kernel_options"), task),
         mlp_hidden=m.get("mlp_hidden"),
         max_len=max_len,
         positions=m["positions"],

@@ -29,6 +29,8 @@ from kernelized.kernels.registry import register
 
 
 class _Generative(RandomFeatureMap):
+    noise_has_head_axis = False  # one generator and one noise draw per layer, shared by the heads
+
     def __init__(
         self,
         head_dim: int,

@@ -185,6 +185,8 @@ class RandomFeatureMap(FeatureMap):
 
     is_random = True
     per_head = True
+    #: every noise tensor of :meth:`draw` starts with the head axis (False: one draw serves all heads already)
+    noise_has_head_axis = True
 
     def __init__(
         self,
@@ -265,8 +267,23 @@ class RandomFeatureMap(FeatureMap):
         not reproduce the fixed draw as the first training draw."""
         return torch.Generator().manual_seed(SEED_SALT + 7919 * self.seed + offset)
 
+    def _draw_for_heads(self, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """:meth:`draw`, with head 0's noise repeated for every head after :meth:`share_draw_across_heads`."""
+        noise = self.draw(generator)
+        if getattr(self, "shared_draw", False) and self.noise_has_head_axis:
+            noise = {n: t[:1].expand_as(t).clone() for n, t in noise.items()}
+        return noise
+
+    def share_draw_across_heads(self) -> None:
+        """One draw for all heads from now on (the KL code's single noise buffer per layer; see
+        :mod:`kernelized.kernels.reference_kl`): both draws are made again, every head repeating head 0's."""
+        self.shared_draw = True
+        for name, t in self._draw_for_heads(self.seeded_generator()).items():
+            setattr(self, f"noise_{name}", t)
+            setattr(self, f"eval_noise_{name}", t.clone())
+
     def _init_draws(self) -> None:
-        noise = self.draw(self.seeded_generator())
+        noise = self._draw_for_heads(self.seeded_generator())
         for name, t in noise.items():
             self.register_buffer(f"noise_{name}", t)
             self.register_buffer(f"eval_noise_{name}", t.clone())
@@ -275,7 +292,7 @@ class RandomFeatureMap(FeatureMap):
     def resample(self, generator: torch.Generator | None = None) -> None:
         """Draw the training noise anew (from ``generator``, else the global RNG); the fixed eval draw stays."""
         with torch.no_grad():
-            for name, t in self.draw(generator).items():
+            for name, t in self._draw_for_heads(generator).items():
                 setattr(self, f"noise_{name}", t)
 
     def on_forward(self, continuing: bool = False) -> None:

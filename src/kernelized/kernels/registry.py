@@ -53,12 +53,18 @@ def get(name: str) -> type[FeatureMap]:
     return _REGISTRY[canonical(name)]
 
 
+#: options every kernel accepts, handled here rather than by each class: ``reference="kl"`` builds the kernel as the
+#: KL-Transformer code does (:mod:`kernelized.kernels.reference_kl`), ``reference_task`` picks its per-task sizes
+REGISTRY_OPTIONS = {"reference": None, "reference_task": None}
+
+
 def options(name: str) -> dict[str, object]:
     """The keyword options a kernel accepts (besides head_dim and num_heads), with their defaults."""
     params = inspect.signature(get(name).__init__).parameters
     skip = {"self", "head_dim", "num_heads"}
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name: p.default for p in params.values() if p.name not in skip and p.kind in kinds}
+    own = {p.name: p.default for p in params.values() if p.name not in skip and p.kind in kinds}
+    return {**own, **REGISTRY_OPTIONS}
 
 
 def build(name: str, head_dim: int, num_heads: int = 1, **kwargs) -> FeatureMap:
@@ -68,4 +74,11 @@ def build(name: str, head_dim: int, num_heads: int = 1, **kwargs) -> FeatureMap:
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"kernel {name!r} got unknown options {unknown}; it accepts {sorted(accepted)}")
+    reference = kwargs.pop("reference", None)
+    if reference is not None:
+        from kernelized.kernels import reference_kl  # imports the kernel classes, which import this module
+
+        return reference_kl.build(cls, canonical(name), head_dim, num_heads, reference, **kwargs)
+    if kwargs.pop("reference_task", None) is not None:
+        raise ValueError("reference_task needs reference='kl' (it picks the KL code's sizes for a task)")
     return cls(head_dim=head_dim, num_heads=num_heads, **kwargs)
