@@ -18,7 +18,17 @@ from kernelized.experiments.framework.schema import defaults_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--set", "draws=3", "--set", "pairs=4", "--set", "head_dim=4", "--no-progress"]
+TINY = [
+    "--set",
+    "draws=3",
+    "--set",
+    "pairs=4",
+    "--set",
+    "head_dim=4",
+    "--set",
+    "variance_eigenvalues=[]",
+    "--no-progress",
+]
 
 
 def _rows(out) -> list[dict]:
@@ -50,7 +60,9 @@ def test_preset_and_set_change_the_output(tmp_path, capsys):
     assert kernel_error.main(["--out", str(tmp_path / "b"), *argv, "--set", "seed=1"]) == 0
     assert [r["mse"] for r in _rows(tmp_path / "b")] != [r["mse"] for r in rows]  # another seed, other draws
     preset = tmp_path / "mine.yaml"  # a preset file: its fields, the rest defaults
-    preset.write_text("kernel: performer\nnum_features: [4, 8]\ndraws: 3\npairs: 4\nstandardize: false\n")
+    preset.write_text(
+        "kernel: performer\nnum_features: [4, 8]\ndraws: 3\npairs: 4\nstandardize: false\nvariance_eigenvalues: []\n"
+    )
     assert kernel_error.main(["--out", str(tmp_path / "c"), "--preset", str(preset), "--no-progress"]) == 0
     assert [(r["kernel"], r["num_features"]) for r in _rows(tmp_path / "c")] == [("performer", "4"), ("performer", "8")]
     assert "GMM spectra set" not in (tmp_path / "c" / "kernel_error.md").read_text()
@@ -112,3 +124,28 @@ def test_runs_are_kept_resumed_and_seeds_give_intervals(tmp_path, capsys):
     assert kernel_error.main([*argv, "--set", "draws=4", "--seeds", "0"]) == 0  # other settings: new runs
     md = (tmp_path / "kernel_error.md").read_text()
     assert "4 run folder(s) of other settings in this folder were ignored" in md and "seed 0," in md
+
+
+def test_the_variance_section_follows_the_closed_form_and_its_grid(tmp_path):
+    argv = ["--out", str(tmp_path), "--kernels", "rff", "--num-features", "8", "--set", "draws=3", "--set", "pairs=4",
+            "--set", "head_dim=4", "--set", "variance_eigenvalues=[0.5,4.0]", "--set", "variance_norms=[1.0]",
+            "--set", "variance_num_features=[8,32]", "--set", "variance_draws=400", "--no-progress"]  # fmt: skip
+    assert kernel_error.main(argv) == 0
+    with open(tmp_path / "kernel_variance.csv") as f:
+        rows = [{k: (v if k == "kernel" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    assert [(r["kernel"], r["eigenvalue"], r["num_features"]) for r in rows] == [
+        ("gmm-rks", 0.5, 8), ("gmm-rks", 4.0, 8), ("gmm-rks", 1.0, 32),
+        ("gmm-prf", 0.5, 8), ("gmm-prf", 4.0, 8), ("gmm-prf", 1.0, 32),
+    ]  # fmt: skip
+    for r in rows:  # where PRF's log-normal tails are mild (relative MSE < 1) the draws agree with the formula
+        if r["rel_mse_theory"] < 1:
+            assert abs(r["mse_measured"] - r["mse_theory"]) < 5 * r["mse_se"], r
+    assert sum(r["rel_mse_theory"] < 1 for r in rows) == 5  # all but PRF at eigenvalue 4
+    for name in ("gmm-rks", "gmm-prf"):  # the error grows with the eigenvalues
+        low, high = (r for r in rows if r["kernel"] == name and r["num_features"] == 8)
+        assert high["mse_theory"] > low["mse_theory"] and high["rel_mse_theory"] > low["rel_mse_theory"]
+    md = (tmp_path / "kernel_error.md").read_text()
+    assert "## Variance against the spectrum" in md and "| gmm-prf | 4.0000 | 1.0000 | 8 |" in md
+    assert (tmp_path / "kernel_variance.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="variance_norms"):
+        kernel_error.check_values({**kernel_error.DEFAULTS, "variance_norms": [-1.0]}, "test")

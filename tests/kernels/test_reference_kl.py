@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kernelized import kernels
-from kernelized.layers.attention import KernelAttention
 from kernelized.kernels.reference_kl import COVERED
+from kernelized.layers.attention import KernelAttention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

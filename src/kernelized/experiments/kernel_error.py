@@ -35,6 +35,7 @@ import torch
 
 from kernelized.eval.kernel_error import DEFAULT_SPECS, fit_slope, kernel_error
 from kernelized.eval.stats import mean_ci
+from kernelized.experiments import kernel_variance
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.cli import command
 from kernelized.experiments.framework.grid import Run, expand_grid
@@ -63,6 +64,11 @@ class KernelErrorConfig(ExperimentConfig):
     input_scale: float = 0.5  # q, k ~ N(0, scale^2 I) before the d^-1/4 scaling
     draws: int = 200  # independent draws per kernel and M
     standardize: bool = True  # GMM spectra set to mu = 0, Sigma = I (False: keep their initialisation)
+    # the variance section (GMM-RKS / GMM-PRF closed-form MSE against Sigma = factor x I, norms and M); [] skips it
+    variance_eigenvalues: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    variance_norms: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # |q| = |k|
+    variance_num_features: list[int] = field(default_factory=lambda: [16, 64, 256])
+    variance_draws: int = 200  # draws of the Monte-Carlo check per cell
 
 
 DEFAULTS = defaults_of(KernelErrorConfig)
@@ -79,6 +85,11 @@ def check_values(config: dict, source: str) -> None:
             raise ValueError(f"{key} in {source} must be >= {least}, got {config[key]!r}")
     if not config["input_scale"] > 0:
         raise ValueError(f"input_scale in {source} must be > 0, got {config['input_scale']!r}")
+    for key in ("variance_eigenvalues", "variance_norms", "variance_num_features"):
+        if any(not v > 0 for v in config[key]):
+            raise ValueError(f"{key} in {source} must be numbers > 0, got {config[key]!r}")
+    if config["variance_eigenvalues"] and not (config["variance_norms"] and config["variance_num_features"]):
+        raise ValueError(f"variance_norms and variance_num_features in {source} must not be empty")
 
 
 def prepare_runs(args: argparse.Namespace) -> tuple[dict, list[Run]]:
@@ -202,7 +213,7 @@ def _skipped_section(skipped: list[dict]) -> list[str]:
 
 def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: dict, command: str,
                    figure_error: str | None = None, records: list[dict] | None = None,
-                   ignored: list[str] = ()) -> str:  # fmt: skip
+                   ignored: list[str] = (), variance: list[str] = ()) -> str:  # fmt: skip
     slopes, checks = _slopes_and_checks(rows)
     seeds = sorted({r["seed"] for r in rows})
     setup = (
@@ -227,19 +238,22 @@ def write_markdown(rows: list[dict], skipped: list[dict], path: Path, config: di
             markdown_table(slopes, digits=3),
             "## Measured against the closed-form MSE",
             "",
-            "The standard formulas (the KL paper's own MSE theorem is not available to us; see "
-            "`kernelized.eval.kernel_error`): rff `(1/2M)(1 - exp(-|q~ - k~|^2))^2`, gmm-prf "
+            "The closed forms of `estimator_mse` (i.i.d. Gaussian and Gaussian-mixture spectra; see "
+            "`kernelized.kernels.random_features`), e.g. rff `(1/2M)(1 - exp(-|q~ - k~|^2))^2`, gmm-prf "
             "`(1/M) K^2 (exp(t' Sigma t) - 1)` with `t = q~ + k~`. The ratio of the measured MSE to the formula (PRF "
             "squared errors are heavy-tailed, so a finite sample of draws tends to fall below their expectation):",
             "",
             *(checks or ["- (no kernel with a closed-form MSE in this run)"]),
+            "",
+            *variance,
             "",
             "## Per kernel and M",
             "",
             "`mse`: mean squared error of one draw's estimate against `kernel(q, k)`; `mse_se`: its standard error; "
             "`variance`: across draws, averaged over pairs; `bias2`: squared error of the mean estimate (noise-level "
             "for unbiased estimators); `rel_rmse`: sqrt(mse) / mean |kernel|; `mse_theory`: the closed-form MSE "
-            "where one exists (rff with i.i.d. draws; gmm-prf with C = 1). M counts frequencies: features are 2M+1 "
+            "where one exists (i.i.d. rff and gmm maps; Performer's default orthogonal rows have none). M counts "
+            "frequencies: features are 2M+1 "
             "(RKS with smoothing), 4M+1 (GMM-RKS, whose every noise row gives the pair L'eps +- mu), 2M (Performer's "
             "hyperbolic pair) or M (PRF). FastFood and generator kernels have no closed form: their reference is a "
             "fixed-seed large-sample estimate (16384 frequencies).",
@@ -264,7 +278,8 @@ def write_report(records: list[dict], out: Path, config: dict, command: str, ign
     figure_error = write_figure(draw_plot, out / "kernel_error.png", seed_means(rows), title)
     if figure_error:
         print(f"note: {figure_error}", file=sys.stderr)
-    write_markdown(rows, skipped, out / "kernel_error.md", config, command, figure_error, records, ignored)
+    variance = kernel_variance.write(kernel_variance.measure(config), out) if config["variance_eigenvalues"] else []
+    write_markdown(rows, skipped, out / "kernel_error.md", config, command, figure_error, records, ignored, variance)
     return _slopes_and_checks(rows)[0]
 
 
