@@ -118,9 +118,15 @@ def test_runs_are_kept_resumed_and_seeds_give_intervals(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
     assert kernel_error.main(argv) == 0  # finished runs are not measured again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")} == stamps
+    def listed():  # the sweep's results.csv: one row per run it was given
+        with open(tmp_path / "runs" / "results.csv") as f:
+            return sorted(r["run_id"].rsplit("-", 1)[0] for r in csv.DictReader(f))
+
+    narrowed = [a if a != "rff,performer" else "rff" for a in argv]
+    assert kernel_error.main(narrowed) == 0 and listed() == runs[2:]  # a narrowed sweep lists its own runs
     (tmp_path / "kernel_error.csv").unlink()
     assert kernel_error.main([*argv, "--report-only"]) == 0
-    assert _rows(tmp_path) == rows
+    assert _rows(tmp_path) == rows and listed() == runs  # --report-only of the whole grid lists every run again
     assert kernel_error.main([*argv, "--set", "draws=4", "--seeds", "0"]) == 0  # other settings: new runs
     md = (tmp_path / "kernel_error.md").read_text()
     assert "4 run folder(s) of other settings in this folder were ignored" in md and "seed 0," in md

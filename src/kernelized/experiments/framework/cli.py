@@ -25,7 +25,7 @@ from kernelized._checks import USER_ERRORS, command  # noqa: F401  (re-exported:
 from kernelized.experiments.framework.grid import narrow
 from kernelized.experiments.framework.launchers import LAUNCHERS
 from kernelized.experiments.framework.presets import parse_list
-from kernelized.experiments.framework.sweep import collect, failed, run_sweep
+from kernelized.experiments.framework.sweep import collect, failed, run_sweep, write_results_csv
 
 
 def experiment_parser(experiment: str, doc: str | None, default_preset: str) -> argparse.ArgumentParser:
@@ -124,9 +124,13 @@ def start(args: argparse.Namespace, config: dict, experiment: str, runs: Sequenc
 
 def sweep(args: argparse.Namespace, runs: Sequence, run_fn: Callable, out_dir: Path, n_workers: int,
           experiment: str) -> list[dict]:  # fmt: skip
-    """The runs' records: read back from their folders with ``--report-only``, else run what is not finished."""
+    """The runs' records: read back from their folders with ``--report-only``, else run what is not finished.
+    Either way ``<out>/results.csv`` is rewritten with these runs, so after sweeps narrowed to parts of the grid
+    (``--task``, ``--kernels``) a ``--report-only`` of the whole grid puts every run into it."""
     if args.report_only:
-        return collect(runs, out_dir)
+        records = collect(runs, out_dir)
+        write_results_csv(records, Path(out_dir) / "results.csv")
+        return records
     return run_sweep(runs, run_fn, out_dir, n_workers, args.launcher, not args.no_progress, experiment)
 
 
