@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kernelized.experiments.kernel_error",
         "random-feature estimator error against the number of features",
     ),
+    "sparsity": (
+        "kernelized.experiments.sparsity",
+        "RKS vs PRF kernels on sparse queries and keys (convergence, gradient noise)",
+    ),
     "data": ("kernelized.data.cli", "write generated datasets (listops, pathfinder, mqar) to disk"),
 }
 
