@@ -118,6 +118,7 @@ def test_runs_are_kept_resumed_and_seeds_give_intervals(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
     assert kernel_error.main(argv) == 0  # finished runs are not measured again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")} == stamps
+
     def listed():  # the sweep's results.csv: one row per run it was given
         with open(tmp_path / "runs" / "results.csv") as f:
             return sorted(r["run_id"].rsplit("-", 1)[0] for r in csv.DictReader(f))

@@ -31,7 +31,7 @@ class SparseAttentionTask:
     num_heads: int = 2
     seq_len: int = 32
     density: float = 0.1
-    sharpness: float = 2.0  # teacher logits' scale: 0 gives uniform attention, large a near-argmax
+    sharpness: float = 1.0  # teacher logits' scale: 0 gives uniform attention, large a near-argmax
     teacher_seed: int = 0
 
     def __post_init__(self):

@@ -48,13 +48,13 @@ class SparsityConfig(ExperimentConfig):
     d_model: int = 32
     num_heads: int = 2
     seq_len: int = 32
-    sharpness: float = 2.0
+    sharpness: float = 1.0
     teacher_seed: int = 0
     kernel_options: dict = field(default_factory=dict)
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 3.0e-3
-    eval_every: int = 50
+    eval_every: int = 100
     eval_batch: int = 256
     target: float = 0.5  # the normalised error that counts as "converged"
     grad_batches: int = 8  # minibatches for the gradient-noise estimate

@@ -51,6 +51,14 @@ def _wanted(a: str, b: str) -> bool:
     return RKS_OF.get(b) == a or RKS_OF.get(a) == b or "softmax" in (a, b)
 
 
+def _p(c: dict) -> float:
+    """The t-test p for Holm; a difference that is the same on every seed (t undefined, verdict a > b or a < b)
+    counts as p = 0, a tie as NaN (no test)."""
+    if math.isnan(c["p_ttest"]) and c["verdict"] in ("a > b", "a < b"):
+        return 0.0
+    return c["p_ttest"]
+
+
 def paired_tests(records: list[dict]) -> list[dict]:
     """RKS vs its PRF twin and every kernel vs softmax, per density and metric (lower is better for both), with
     Holm's correction over each (density, metric) family of tests."""
@@ -62,7 +70,7 @@ def paired_tests(records: list[dict]) -> list[dict]:
         pairs = [{**c, "metric": label} for c in comparisons(keep, "kernel", order) if _wanted(c["a"], c["b"])]
         for density in {c["density"] for c in pairs}:
             mine = [c for c in pairs if c["density"] == density]
-            for c, p in zip(mine, holm([c["p_ttest"] for c in mine])):
+            for c, p in zip(mine, holm([_p(c) for c in mine])):
                 c["p_holm"] = p
                 c["after Holm"] = c["verdict"] if c["verdict"] != "n.s." and p < 0.05 else "n.s."
         out += sorted(pairs, key=lambda c: (c["density"], c["b"] == "softmax", c["a"]))
