@@ -56,3 +56,17 @@ def command(main: Callable[..., int]) -> Callable[..., int]:
             return 2
 
     return wrapped
+
+
+def parse_list(text: str | None, name: str, cast=str) -> list | None:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (``cast`` applied); None stays None; bad items name the argument."""
+    if text is None:
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{name} expects a comma-separated list, got {text!r}")
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        kind = {int: "integers", float: "numbers"}.get(cast, "values")
+        raise ValueError(f"{name} expects comma-separated {kind}, got {text!r}") from None

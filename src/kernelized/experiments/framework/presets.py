@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from kernelized._checks import parse_list  # noqa: F401  (re-exported: the one comma-list parser)
 from kernelized.experiments.framework.schema import has_key, merge, unknown_key_error
 
 
@@ -222,17 +223,3 @@ def apply_overrides(config: dict, overrides: Mapping, schema: Mapping | None, wh
             raise unknown_key_error(key, scope, where)
         config["grid"].pop(key, None)  # a grid axis set to one value is pinned
         set_key(config, key, value)
-
-
-def parse_list(text: str | None, name: str, cast=str) -> list | None:
-    """``"a, b,c"`` -> ``["a", "b", "c"]`` (``cast`` applied); None stays None; bad items name the argument."""
-    if text is None:
-        return None
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"{name} expects a comma-separated list, got {text!r}")
-    try:
-        return [cast(t) for t in items]
-    except ValueError:
-        kind = {int: "integers", float: "numbers"}.get(cast, "values")
-        raise ValueError(f"{name} expects comma-separated {kind}, got {text!r}") from None
