@@ -21,7 +21,7 @@ LRA_ARGS = [
     "--task",
     "listops",
     "--kernels",
-    "softmax,elu",
+    "softmax,elu,gmm-prf",
     "--seeds",
     "0",
     "--set",
@@ -183,3 +183,23 @@ def test_bad_options(sweeps, tmp_path, capsys):
     assert analyze.main([str(run), "--examples", "0"]) == 2
     assert analyze.main([str(sweeps / "mqar"), "--reference", str(run)]) == 2
     assert "--reference" in capsys.readouterr().err
+
+
+def test_a_learned_spectrum_is_drawn_against_its_initialisation(sweeps, tmp_path, capsys):
+    from kernelized.eval import spectra
+
+    run = run_dir(sweeps, "lra", "gmm-prf")
+    assert analyze.main([str(run), "--examples", "2", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "analysis.json").read_text())
+    layers = record["spectra"]
+    assert [entry["layer"] for entry in layers] == ["encoder.blocks.0.mixer.feature_map",
+                                                   "encoder.blocks.1.mixer.feature_map"]  # fmt: skip
+    assert all((tmp_path / entry["figure"]).read_bytes()[:4] == b"\x89PNG" for entry in layers)
+    config, _ = lra.load_trained(run)
+    (_, untrained), *_ = spectra.learned_maps(lra.initial_model(config))
+    assert layers[0]["initial"] == spectra.spectrum_summary(untrained)  # the run's own starting point
+    assert layers[0]["learned"] != layers[0]["initial"]  # training moved the spectrum
+    capsys.readouterr()
+    assert analyze.main([str(sweeps / "lra"), "--examples", "2", "--out", str(tmp_path / "sweep")]) == 0
+    text = (tmp_path / "sweep" / "analysis.md").read_text()
+    assert "## Learned spectra (initial -> trained)" in text and "| encoder.blocks.0.mixer.feature_map | 0 |" in text

@@ -44,6 +44,7 @@ import torch
 
 from kernelized.eval.attention import draw_maps, gamma_beta_stats, has_cls_token, map_iou, model_maps, query_rows
 from kernelized.eval.stats import mean_ci
+from kernelized.experiments.analyze_spectra import add_spectra, spectra_section
 from kernelized.experiments.framework.cli import command
 from kernelized.experiments.framework.grid import flatten, identity, readable_id
 from kernelized.experiments.framework.presets import read_yaml
@@ -276,12 +277,19 @@ def load_reference(run: RunInfo, loaded: tuple, reference: Path, num_examples: i
     )
 
 
+def initial_builder(run: RunInfo):
+    """A function rebuilding the run's untrained model, when its experiment has ``initial_model(config)``."""
+    build = getattr(contract(run.experiment), "initial_model", None)
+    return (lambda: build(run.config)) if callable(build) else None
+
+
 def analyze_run(run_dir: Path, reference: Path | None, out: Path, num_examples: int, mass: float) -> dict:
     run = read_run(run_dir)
     loaded = load(run, num_examples)
     ref, ref_loaded = load_reference(run, loaded, reference, num_examples) if reference else (None, (None, None))
     record, acc = run_record(run, loaded, mass, ref, ref_loaded)
     draw_run(record, acc["example"], out / f"maps_{run_dir.name}.png")
+    add_spectra(record, loaded[1], initial_builder(run), out / f"spectra_{run_dir.name}")
     write_json_atomic(record, out / "analysis.json")
     return record
 
@@ -405,6 +413,7 @@ def sweep_report(sweep_dir: Path, records: Sequence[dict], fields: Sequence[str]
     if alone:
         lines += [f"No softmax reference for: {', '.join(alone)}.", ""]
     lines += ["## Learned gamma and beta (ReBased-like kernels)", "", gamma_beta_table(records, fields)]
+    lines += spectra_section(records)
     figures = [r for r in records if r.get("figure")]
     if figures:
         lines += ["## Attention maps (example 0 of each cell's lowest seed; every layer and head)", ""]
@@ -424,11 +433,13 @@ def analyze_sweep(sweep_dir: Path, out: Path, num_examples: int, mass: float) ->
     for run in runs:
         ref = reference_for(run, softmax) if run.config.get("kernel") != "softmax" else None
         ref_loaded = load(ref, None) if ref is not None else (None, None)
-        record, acc = run_record(run, load(run, num_examples), mass, ref, ref_loaded)
+        loaded = load(run, num_examples)
+        record, acc = run_record(run, loaded, mass, ref, ref_loaded)
         record["group"] = {k: run.flat.get(k) for k in fields}
         key = tuple(record["group"].values())
         if key not in drawn and run.config["seed"] == lowest[key]:
             draw_run(record, acc["example"], out / f"maps_{readable_id(record['group'])}.png")
+            add_spectra(record, loaded[1], initial_builder(run), out / f"spectra_{readable_id(record['group'])}")
             drawn.add(key)
         records.append(record)
     write_json_atomic(records, out / "analysis.json")

@@ -354,6 +354,13 @@ def validate(runs: list[Run]) -> None:
 
 
 # -- what kernelized analyze needs ---------------------------------------------------------------------
+def initial_model(config: dict) -> torch.nn.Module:
+    """The run's model as :func:`run_one` built it before training (same seed): what training started from."""
+    config = resolve(config)
+    torch.manual_seed(config["seed"])
+    return build_model(config)
+
+
 def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
     """A run's (resolved) config and its model with the final checkpoint's weights, in eval mode."""
     return load_trained_run(run_dir, build_model, "train/checkpoint.pt", resolve)

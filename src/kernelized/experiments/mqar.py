@@ -259,6 +259,11 @@ def train_flops(runs: Sequence[Run]) -> float:
 
 
 # -- what kernelized analyze needs ----------------------------------------------------------------
+def initial_model(config: dict) -> torch.nn.Module:
+    """The run's model before training (:func:`build_model` seeds itself with the run's seed)."""
+    return build_model(config)
+
+
 def load_trained(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
     """A run's config and its model with the checkpoint's weights, in eval mode."""
     return load_trained_run(run_dir, build_model)
@@ -438,6 +443,7 @@ __all__ = [
     "KERNEL_VARIANTS",
     "MQARSettings",
     "analysis_batch",
+    "initial_model",
     "build_model",
     "datasets",
     "load_trained",
