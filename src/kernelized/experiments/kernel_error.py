@@ -38,9 +38,9 @@ from kernelized.eval.stats import mean_ci
 from kernelized.experiments import kernel_variance
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.cli import command
-from kernelized.experiments.framework.grid import Run, expand_grid
-from kernelized.experiments.framework.presets import load_preset, parse_list
-from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of
+from kernelized.experiments.framework.grid import Run
+from kernelized.experiments.framework.presets import parse_list
+from kernelized.experiments.framework.schema import ExperimentConfig, defaults_of
 from kernelized.experiments.framework.sweep import other_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, write_figure
 from kernelized.train.checkpoint import write_text_atomic
@@ -97,14 +97,7 @@ def prepare_runs(args: argparse.Namespace) -> tuple[dict, list[Run]]:
     ``--num-features`` applied; one run per (kernel, seed), each checked."""
     num_features = parse_list(args.num_features, "--num-features", int)
     overrides = [*args.set, *([f"num_features={num_features}"] if num_features else [])]
-    config = load_preset("kernel-error", args.preset, overrides, defaults=DEFAULTS)
-    source = f"kernel-error preset {args.preset!r}"
-    cli.narrow_axes(config, args)
-    runs = expand_grid(config, always=("kernel", "seed"))
-    for run in runs:
-        check_types(run.config, KernelErrorConfig, source)
-        check_values(run.config, source)
-    return config, runs
+    return cli.checked_runs("kernel-error", args, overrides, DEFAULTS, KernelErrorConfig, check_values)
 
 
 def run_one(config: dict, run_dir: Path) -> dict:

@@ -31,9 +31,8 @@ import torch
 from kernelized.data.sparse_attention import SparseAttentionTask
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.cli import command
-from kernelized.experiments.framework.grid import Run, expand_grid
-from kernelized.experiments.framework.presets import load_preset
-from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of
+from kernelized.experiments.framework.grid import Run
+from kernelized.experiments.framework.schema import ExperimentConfig, defaults_of
 from kernelized.experiments.framework.sweep import other_runs
 from kernelized.experiments.sparsity_report import write_report
 from kernelized.layers.mixers import attention_spec, build_mixer
@@ -142,14 +141,7 @@ def run_one(config: dict, run_dir: Path) -> dict:
 
 
 def prepare_runs(args: argparse.Namespace) -> tuple[dict, list[Run]]:
-    config = load_preset("sparsity", args.preset, list(args.set), defaults=DEFAULTS)
-    source = f"sparsity preset {args.preset!r}"
-    cli.narrow_axes(config, args)
-    runs = expand_grid(config, always=("kernel", "seed"))
-    for run in runs:
-        check_types(run.config, SparsityConfig, source)
-        check_values(run.config, source)
-    return config, runs
+    return cli.checked_runs("sparsity", args, list(args.set), DEFAULTS, SparsityConfig, check_values)
 
 
 @command

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from kernelized._checks import USER_ERRORS, command  # noqa: F401  (re-exported: one error wrapper)
-from kernelized.experiments.framework.grid import narrow
+from kernelized.experiments.framework.grid import expand_grid, narrow
 from kernelized.experiments.framework.launchers import LAUNCHERS
-from kernelized.experiments.framework.presets import parse_list
+from kernelized.experiments.framework.presets import load_preset, parse_list
+from kernelized.experiments.framework.schema import check_types
 from kernelized.experiments.framework.sweep import collect, failed, run_sweep, write_results_csv
 
 
@@ -63,6 +64,20 @@ def narrow_axes(config: dict, args: argparse.Namespace, kernel_axis: str = "kern
     """``--kernels`` and ``--seeds`` replace the grid's kernel and seed axes."""
     narrow(config, kernel_axis, parse_list(args.kernels, "--kernels"))
     narrow(config, "seed", parse_list(args.seeds, "--seeds", int))
+
+
+def checked_runs(experiment: str, args: argparse.Namespace, overrides: list[str], defaults: dict, schema: type,
+                 check_values: Callable[[dict, str], None]) -> tuple[dict, list]:  # fmt: skip
+    """The preset over ``defaults`` with ``overrides``, the grid narrowed by ``--kernels``/``--seeds``, one run per
+    (kernel, seed, ...) point, each run's config checked against ``schema`` and by ``check_values(config, source)``."""
+    config = load_preset(experiment, args.preset, overrides, defaults=defaults)
+    source = f"{experiment} preset {args.preset!r}"
+    narrow_axes(config, args)
+    runs = expand_grid(config, always=("kernel", "seed"))
+    for run in runs:
+        check_types(run.config, schema, source)
+        check_values(run.config, source)
+    return config, runs
 
 
 def workers(args: argparse.Namespace, config: dict) -> int:
