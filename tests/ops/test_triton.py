@@ -147,11 +147,13 @@ def _dispatch() -> dict:
     seen = {}
     for name, call in {
         "linear chunk": lambda: ops.linear_attention(q, k, v, mode="chunk"),
+        "linear chunk again": lambda: ops.linear_attention(q, k, v, mode="chunk"),
         "linear parallel": lambda: ops.linear_attention(q, k, v, mode="parallel"),
         "linear recurrent": lambda: ops.linear_attention(q, k, v, mode="recurrent"),
         "linear chunk float64": lambda: ops.linear_attention(q.double(), k.double(), v.double(), mode="chunk"),
         "linear chunk disabled": lambda: _pytorch(ops.linear_attention, q, k, v, mode="chunk"),
         "polynomial": lambda: ops.polynomial_attention(q, k, v, terms={2: 1.0}),
+        "polynomial again": lambda: ops.polynomial_attention(q, k, v, terms={2: 1.0}),
         "polynomial degree 6": lambda: ops.polynomial_attention(q, k, v, terms={6: 1.0}),
     }.items():
         calls.clear()
@@ -205,14 +207,17 @@ def test_polynomial_kernel_refuses_unsupported_terms(results):
 
 def test_ops_dispatch_to_triton_only_where_it_applies(results):
     # chunk form and implicit polynomial go to Triton; the parallel reference, the recurrent form, float64,
-    # degrees above 4 and KERNELIZED_DISABLE_TRITON=1 stay on PyTorch
+    # degrees above 4 and KERNELIZED_DISABLE_TRITON=1 stay on PyTorch. The first use of a kernel on a device and
+    # dtype probes it once (forward and backward on tiny inputs), so it calls the kernel twice, later uses once.
     assert results["dispatch"] == {
-        "linear chunk": ["chunk"],
+        "linear chunk": ["chunk", "chunk"],
+        "linear chunk again": ["chunk"],
         "linear parallel": [],
         "linear recurrent": [],
         "linear chunk float64": [],
         "linear chunk disabled": [],
-        "polynomial": ["poly"],
+        "polynomial": ["poly", "poly"],
+        "polynomial again": ["poly"],
         "polynomial degree 6": [],
     }
 

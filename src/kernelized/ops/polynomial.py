@@ -48,10 +48,12 @@ def polynomial_attention(
         raise ValueError(f"terms must map non-negative integer powers to coefficients, got {terms!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if _triton.usable(q, k, v) and _triton.supports_polynomial(terms, q.shape[-1], v.shape[-1]):  # GPU kernel
-        return _triton.polynomial_attention(
+        out = _triton.call("polynomial", lambda: _triton.polynomial_attention(
             q, k, v, terms=terms, scale=scale, causal=causal, normalize=normalize, eps=eps,
             key_padding_mask=key_padding_mask,
-        )  # fmt: skip
+        ), q.device, q.dtype)  # fmt: skip
+        if out is not None:  # None: the kernel cannot run here (it warned once); the PyTorch path below serves
+            return out
 
     out_dtype = v.dtype
     acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32

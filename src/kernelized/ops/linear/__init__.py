@@ -62,10 +62,12 @@ def linear_attention(
         initial_state = tuple(x.to(accumulation_dtype(q_feat, k_feat, v)) for x in initial_state)
 
     if mode == "chunk" and causal and _triton.usable(q_feat, k_feat, v):  # GPU kernel, same contract
-        return _triton.linear_attention(
+        out = _triton.call("linear", lambda: _triton.linear_attention(
             q_feat, k_feat, v, causal=True, normalize=normalize, eps=eps, chunk_size=chunk_size,
             key_padding_mask=key_padding_mask, initial_state=initial_state, output_final_state=output_final_state,
-        )  # fmt: skip
+        ), q_feat.device, q_feat.dtype)  # fmt: skip
+        if out is not None:  # None: the kernel cannot run here (it warned once); the PyTorch path below serves
+            return out
 
     out_dtype = v.dtype
     acc = accumulation_dtype(q_feat, k_feat, v)

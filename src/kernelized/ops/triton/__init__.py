@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -40,6 +42,51 @@ def usable(*tensors: torch.Tensor) -> bool:
     if len({t.dtype for t in tensors}) != 1 or tensors[0].dtype not in DTYPES:
         return False
     return all(t.is_cuda or _flag("TRITON_INTERPRET") for t in tensors)
+
+
+_HEALTH: dict[tuple, bool] = {}  # (kernel, device, dtype) -> it compiled and ran forward and backward
+
+
+def _probe(kind: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Compile and run one kernel forward and backward on tiny inputs (raises what Triton raises)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        q, k = (torch.randn(1, 20, 1, 8, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+        v = torch.randn(1, 20, 1, 8, device=device, dtype=dtype, requires_grad=True)
+        if kind == "polynomial":
+            out = polynomial_attention(q, k, v, terms={2: 1.0})
+        else:
+            out = linear_attention(q.exp(), k.exp(), v, output_final_state=True)[0]
+        out.float().sum().backward()
+
+
+def _fail(kind: str, device, dtype, error: Exception) -> None:
+    _HEALTH[kind, str(device), dtype] = False
+    warnings.warn(
+        f"the Triton {kind} kernel failed on {device} ({dtype}): {type(error).__name__}: {error}; the PyTorch path "
+        f"is used instead from now on (set {DISABLE_ENV}=1 to choose it without trying)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def call(kind: str, fn: Callable, device: torch.device, dtype: torch.dtype):
+    """``fn()`` (a Triton kernel call), or None when that kernel cannot run here: the first use on a device and
+    dtype probes it forward and backward; a kernel that fails to compile or launch, then or later, warns once
+    and is not tried again in this process, so the caller's PyTorch path serves instead of a crash."""
+    key = (kind, str(device), dtype)
+    if key not in _HEALTH:
+        try:
+            _probe(kind, device, dtype)
+            _HEALTH[key] = True
+        except Exception as e:  # noqa: BLE001 -- any compile or launch failure means: use the PyTorch path
+            _fail(kind, device, dtype, e)
+    if not _HEALTH[key]:
+        return None
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        _fail(kind, device, dtype, e)
+        return None
 
 
 def supports_polynomial(terms: dict, head_dim: int, head_dim_v: int) -> bool:
@@ -100,4 +147,4 @@ def linear_attention(
     )  # fmt: skip
 
 
-__all__ = ["available", "usable", "supports_polynomial", "polynomial_attention", "linear_attention"]
+__all__ = ["available", "call", "usable", "supports_polynomial", "polynomial_attention", "linear_attention"]
