@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -26,6 +26,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m kernelized bench --preset cpu
+
+# On a lent GPU machine, with that machine's own CUDA PyTorch (python3 there), not this project's CPU .venv:
+# the CUDA tests and the GPU benchmark, summarised in $$OUT/gpu_check.{md,json} (docs/benchmarks.md, "GPU").
+gpu-check:
+	python3 scripts/gpu_check.py --out $${OUT:-gpu-check}
+
+# Here, where the package registries are reachable: fla's wheels for the GPU machine (carry .whl there).
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl fla-core==0.6.0
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
