@@ -19,7 +19,6 @@ from kernelized.ops import triton as _triton
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 KERNELS = kernels.available()
-BF16_DEGREE2 = ("rebased", "polynomial")  # bf16 gradients off by up to ~0.9 in the causal chunk/recurrent forms
 TOL = {torch.float32: 2e-3, torch.bfloat16: 4e-2}  # relative RMS error against float64 on the CPU
 
 
@@ -39,9 +38,7 @@ def _layer_pair(kernel: str, causal: bool, mode: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("causal,mode", [(True, "parallel"), (True, "chunk"), (True, "recurrent"), (False, "chunk")])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_every_kernel_and_form_on_cuda_matches_float64_on_the_cpu(kernel, causal, mode, dtype, request):
-    if dtype == torch.bfloat16 and kernel in BF16_DEGREE2 and causal and mode in ("chunk", "recurrent"):
-        request.applymarker(pytest.mark.xfail(reason="issue 16: degree-2 features formed in bf16", strict=False))
+def test_every_kernel_and_form_on_cuda_matches_float64_on_the_cpu(kernel, causal, mode, dtype):
     ref, gpu = _layer_pair(kernel, causal, mode, dtype)
     x = torch.randn(2, 200, 64, dtype=torch.float64, requires_grad=True)
     mask = torch.zeros(2, 200, dtype=torch.bool)

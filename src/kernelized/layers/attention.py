@@ -113,10 +113,14 @@ class KernelAttention(nn.Module):
             )
             new_state = None
         else:
+            q_feat, k_feat = self.feature_map.query(q), self.feature_map.key(k)
+            # maps that keep half-precision inputs' features in float32 (ReBased): v joins them, so the op sees
+            # one dtype (and a GPU keeps its Triton kernel); the output returns to v's dtype below
+            v_in = v.to(q_feat.dtype) if q_feat.dtype != v.dtype and q_feat.dtype == torch.float32 else v
             o, new_state = ops.linear_attention(
-                self.feature_map.query(q),
-                self.feature_map.key(k),
-                v,
+                q_feat,
+                k_feat,
+                v_in,
                 causal=self.causal,
                 mode=mode,
                 normalize=self.normalize,
@@ -126,7 +130,7 @@ class KernelAttention(nn.Module):
                 initial_state=state,
                 output_final_state=output_state,
             )
-        y = self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim_v))
+        y = self.o_proj(o.to(v.dtype).reshape(B, T, self.num_heads * self.head_dim_v))
         return (y, new_state) if output_state else y
 
     @torch.no_grad()
