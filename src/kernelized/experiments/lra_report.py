@@ -19,14 +19,11 @@ from kernelized.eval.stats import holm
 from kernelized.experiments.framework.presets import get_key
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.kernels.registry import SPECTRAL_FAMILIES
 from kernelized.train.checkpoint import write_text_atomic
 
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder"]
-FAMILIES = {
-    "gmm": ("gmm-prf", "gmm-rks"),
-    "fastfood": ("fastfood-prf", "fastfood-rks"),
-    "generative": ("generative-prf", "generative-rks"),
-}  # (PRF, RKS) of each spectral family
+FAMILIES = SPECTRAL_FAMILIES  # (PRF, RKS) of each spectral family
 SPECTRAL = [k for pair in FAMILIES.values() for k in pair]
 
 # LRA-paper Table 1 (Tay et al. 2021), test accuracy %; Tay et al., "Long Range Arena", ICLR 2021.

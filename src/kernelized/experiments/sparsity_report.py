@@ -10,10 +10,10 @@ from pathlib import Path
 from kernelized.eval.stats import holm, mean_ci
 from kernelized.experiments.framework.reduce import comparisons, reduce_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, write_figure
-from kernelized.experiments.lra_report import FAMILIES
+from kernelized.kernels.registry import SPECTRAL_FAMILIES
 from kernelized.train.checkpoint import write_text_atomic
 
-RKS_OF = {rks: prf for prf, rks in FAMILIES.values()}
+RKS_OF = {rks: prf for prf, rks in SPECTRAL_FAMILIES.values()}
 METRICS = {"final_error": "final MSE / Var(y)", "noise.end.noise_ratio": "gradient noise ratio (end)"}
 
 

@@ -10,6 +10,13 @@ import inspect
 
 from kernelized.kernels.base import FeatureMap
 
+#: the KL-Transformer paper's learned spectral families as (PRF, RKS) twins: what "PRF vs RKS" compares
+SPECTRAL_FAMILIES = {
+    "gmm": ("gmm-prf", "gmm-rks"),
+    "fastfood": ("fastfood-prf", "fastfood-rks"),
+    "generative": ("generative-prf", "generative-rks"),
+}
+
 _REGISTRY: dict[str, type[FeatureMap]] = {}
 _ALIASES: dict[str, str] = {}
 
