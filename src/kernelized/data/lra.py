@@ -38,10 +38,10 @@ from kernelized._checks import check_choice, check_positive_int
 from kernelized.data import bbc_news, fashion_mnist, listops, pathfinder
 from kernelized.data.cache import hub_cache
 from kernelized.data.fetch import verified_folder
+from kernelized.data.splits import SPLITS
 
 PAD_ID, CLS_ID, OFFSET = 0, 1, 2
 BYTE_VOCAB = 256 + OFFSET
-SPLITS = ("train", "val", "test")
 IMDB_HUB_ID = "stanfordnlp/imdb"
 CIFAR_HUB_ID = "uoft-cs/cifar10"
 AAN_HUB_ID = "OpenNLPLab/lra"
