@@ -4,7 +4,7 @@ For every learned random-feature map of a model (GMM, FastFood with learned diag
 
 * **GMM:** each component's mean and covariance projected on the head's top two principal directions (of the
   mixture's second moment ``sum_c pi_c (Sigma_c + mu_c mu_c')``), drawn as the mean and its 1-sigma ellipse;
-* **FastFood:** the learned scales ``S`` (sorted) and the magnitudes of ``G`` and ``B`` per head;
+* **FastFood:** the learned scales ``S`` per head, sorted;
 * **Generator:** frequencies it generates (evaluation mode) projected on their top two principal directions;
 * **the kernel** ``k(delta) = kernel(q = delta, k = 0)`` along unit directions (the head's top principal direction
   and two seeded random ones) for ``|delta~| = |delta| d^(-1/4)`` from 0 to 4. For RKS maps this is the
@@ -47,8 +47,7 @@ def kind(fm: RandomFeatureMap) -> str:
 def second_moment(fm: RandomFeatureMap) -> torch.Tensor:
     """``[H, d, d]``: GMM ``sum_c pi_c (Sigma_c + mu_c mu_c')``; others: the mean ``w w'`` of generated rows."""
     if kind(fm) == "gmm":
-        eye = torch.eye(fm.head_dim, dtype=fm.mean.dtype)
-        cov = _gmm_covariances(fm, eye)
+        cov = _gmm_covariances(fm)
         mu = fm.mean
         pi = fm.mixture_weights()
         return (pi[..., None, None] * (cov + mu[..., :, None] * mu[..., None, :])).sum(1)
@@ -56,11 +55,16 @@ def second_moment(fm: RandomFeatureMap) -> torch.Tensor:
     return omega.transpose(-1, -2) @ omega / omega.shape[-2]
 
 
-def _gmm_covariances(fm, eye: torch.Tensor) -> torch.Tensor:
+def _gmm_covariances(fm) -> torch.Tensor:
     """``Sigma [H, C, d, d]`` of a GMM map (``L' L`` or ``diag(exp(ell))``)."""
     if fm.covariance == "full":
         return fm.sigma.transpose(-1, -2) @ fm.sigma
-    return torch.exp(fm.log_var)[..., None] * eye
+    return torch.diag_embed(torch.exp(fm.log_var))
+
+
+def _fastfood_scales(fm) -> torch.Tensor:
+    """FastFood's learned ``S`` as ``[H, D]`` (one shared ``[1, D]`` row under ``reference="kl"``)."""
+    return fm.S.expand(fm.num_heads, -1)
 
 
 @torch.no_grad()
@@ -104,17 +108,21 @@ def profile_directions(fm: RandomFeatureMap, seed: int = 0) -> torch.Tensor:
 @torch.no_grad()
 def spectrum_summary(fm: RandomFeatureMap) -> list[dict]:
     """One row per head: the numbers that describe its learned spectrum (see the module docstring)."""
+    family = kind(fm)
+    freq_norms = frequencies(fm).norm(dim=-1).mean(-1)  # [H]
+    if family == "gmm":
+        traces = _gmm_covariances(fm).diagonal(dim1=-2, dim2=-1).sum(-1).mean(-1)  # [H]
+        mean_norms = fm.mean.norm(dim=-1).mean(-1)
+    elif family == "fastfood":
+        mean_abs_S = _fastfood_scales(fm).abs().mean(-1)
     rows = []
     for h in range(fm.num_heads):
-        row = {"head": h, "kind": kind(fm)}
-        if row["kind"] == "gmm":
-            cov = _gmm_covariances(fm, torch.eye(fm.head_dim, dtype=fm.mean.dtype))[h]
-            row.update(trace_sigma=float(cov.diagonal(dim1=-2, dim2=-1).sum(-1).mean()),
-                       mean_norm=float(fm.mean[h].norm(dim=-1).mean()))  # fmt: skip
-        elif row["kind"] == "fastfood":
-            S = fm.S[h] if fm.S.shape[0] > 1 else fm.S[0]
-            row.update(mean_abs_S=float(S.abs().mean()))
-        row["freq_norm"] = float(frequencies(fm)[h].norm(dim=-1).mean())
+        row = {"head": h, "kind": family}
+        if family == "gmm":
+            row.update(trace_sigma=float(traces[h]), mean_norm=float(mean_norms[h]))
+        elif family == "fastfood":
+            row.update(mean_abs_S=float(mean_abs_S[h]))
+        row["freq_norm"] = float(freq_norms[h])
         rows.append(row)
     return rows
 
@@ -127,16 +135,17 @@ def _ellipse(mean2: torch.Tensor, cov2: torch.Tensor, n: int = 60) -> torch.Tens
     return (circle @ vecs.T + mean2.double()).float()
 
 
-def _draw_spectrum(ax, fm: RandomFeatureMap, h: int, basis: torch.Tensor, style: dict) -> None:
-    """One head's spectrum on ``ax`` in the plane of ``basis [2, d]`` (FastFood: its sorted scales)."""
+def _draw_spectrum(ax, fm: RandomFeatureMap, h: int, basis: torch.Tensor, style: dict, points) -> None:
+    """One head's spectrum on ``ax`` in the plane of ``basis [2, d]`` (FastFood: its sorted scales); ``points``:
+    the map's GMM covariances ``[H, C, d, d]`` or generated frequencies ``[H, N, d]``, computed once per map."""
     if kind(fm) == "fastfood":
-        S = (fm.S[h] if fm.S.shape[0] > 1 else fm.S[0]).abs().sort(descending=True).values
+        S = _fastfood_scales(fm)[h].abs().sort(descending=True).values
         ax.plot(S.numpy(), marker="o", ms=2, **style)
         ax.set_xlabel("rank")
         ax.set_ylabel("|S| (learned scale)")
         return
     if kind(fm) == "gmm":
-        cov = _gmm_covariances(fm, torch.eye(fm.head_dim, dtype=fm.mean.dtype))[h]
+        cov = points[h]
         signs = (1, -1) if fm.estimator == "rks" else (1,)  # GMM-RKS draws the symmetric pair z +- mu
         for c in range(fm.num_components):
             for sign in signs:
@@ -145,7 +154,7 @@ def _draw_spectrum(ax, fm: RandomFeatureMap, h: int, basis: torch.Tensor, style:
                 ax.plot(pts[:, 0], pts[:, 1], **style)
                 ax.plot([m2[0]], [m2[1]], marker="x", color=style["color"])
     else:
-        w = frequencies(fm, 256)[h] @ basis.T
+        w = points[h] @ basis.T
         ax.scatter(w[:, 0], w[:, 1], s=3, alpha=0.4, color=style["color"], label=style.get("label"))
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
@@ -165,10 +174,15 @@ def draw_spectra(path, name: str, fm: RandomFeatureMap, initial: RandomFeatureMa
     if initial is not None:
         maps.append((initial, {"color": "grey", "ls": "--", "label": "initial"}))
     labels = ["top PC", "random 1", "random 2"]
+    per_map = []
+    for m, style in maps:
+        family = kind(m)
+        points = _gmm_covariances(m) if family == "gmm" else frequencies(m, 256) if family == "generator" else None
+        per_map.append((m, style, points, kernel_profile(m, dirs)))
     for h in range(heads):
-        for m, style in maps:
-            _draw_spectrum(axes[h][0], m, h, basis[h], style)
-            prof = kernel_profile(m, dirs)[h]
+        for m, style, points, profiles in per_map:
+            _draw_spectrum(axes[h][0], m, h, basis[h], style, points)
+            prof = profiles[h]
             for k, width in zip(range(prof.shape[0]), (2.0, 1.0, 1.0)):
                 lab = f"{style['label']}, {labels[k]}" if h == 0 else None
                 axes[h][1].plot(RADII, prof[k], lw=width, color=style["color"], ls=style["ls"], alpha=1 - 0.25 * k,
