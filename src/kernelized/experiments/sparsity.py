@@ -91,9 +91,14 @@ def attention_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.startswith(("q_proj", "k_proj", "feature_map"))]
 
 
+def normalised_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``MSE / Var(y)`` of the student on ``(x, y)``: the training loss and the reported error."""
+    return ((model(x) - y) ** 2).mean() / y.var()
+
+
 def normalised_error(model, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(((model(x) - y) ** 2).mean() / y.var())
+        return float(normalised_loss(model, x, y))
 
 
 def gradient_noise(model, task: SparseAttentionTask, config: dict, generator: torch.Generator) -> dict:
@@ -102,8 +107,7 @@ def gradient_noise(model, task: SparseAttentionTask, config: dict, generator: to
     params = attention_parameters(model)
     grads = []
     for _ in range(config["grad_batches"]):
-        x, y = task.sample(config["batch_size"], generator)
-        loss = ((model(x) - y) ** 2).mean() / y.var()
+        loss = normalised_loss(model, *task.sample(config["batch_size"], generator))
         grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
     g = torch.stack(grads)
     var = float(g.var(0).sum())
@@ -121,12 +125,11 @@ def run_one(config: dict, run_dir: Path) -> dict:
     x_eval, y_eval = task.sample(config["eval_batch"], torch.Generator().manual_seed(12345))
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
     curve, noise, reached = [(0, normalised_error(model, x_eval, y_eval))], {}, None
-    checkpoints = {0: "start", config["steps"] // 2: "middle", config["steps"]: "end"}
+    checkpoints = {0: "start", config["steps"] // 2: "middle"}  # "end" is measured after the loop
     for step in range(1, config["steps"] + 1):
         if step - 1 in checkpoints:
             noise[checkpoints[step - 1]] = gradient_noise(model, task, config, data)
-        x, y = task.sample(config["batch_size"], data)
-        loss = ((model(x) - y) ** 2).mean() / y.var()
+        loss = normalised_loss(model, *task.sample(config["batch_size"], data))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
