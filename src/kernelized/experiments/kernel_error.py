@@ -39,6 +39,7 @@ from kernelized.experiments import kernel_variance
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.cli import command
 from kernelized.experiments.framework.grid import Run
+from kernelized.experiments.framework.launchers import torch_threads
 from kernelized.experiments.framework.presets import parse_list
 from kernelized.experiments.framework.schema import ExperimentConfig, defaults_of
 from kernelized.experiments.framework.sweep import other_runs
@@ -108,9 +109,7 @@ def run_one(config: dict, run_dir: Path) -> dict:
     q = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
     k = config["input_scale"] * torch.randn(*shape, generator=g, dtype=torch.float64)
     name, rows, skipped = config["kernel"], [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny draws: threads only contend
-    try:
+    with torch_threads(1):  # thousands of tiny draws: threads only contend
         for M in config["num_features"]:
             try:
                 rows += kernel_error(name, q, k, [M], config["draws"], config["seed"], DEFAULT_SPECS[name],
@@ -118,8 +117,6 @@ def run_one(config: dict, run_dir: Path) -> dict:
             except ValueError as e:  # this kernel cannot take this M (e.g. FastFood's whole blocks)
                 print(f"note: skipped {name} at M={M}: {e}", file=sys.stderr)
                 skipped.append({"kernel": name, "num_features": M, "reason": str(e)})
-    finally:
-        torch.set_num_threads(threads)
     return {"rows": [{**r, "seed": config["seed"]} for r in rows], "skipped": skipped}
 
 

@@ -11,9 +11,8 @@ import io
 import sys
 from pathlib import Path
 
-import torch
-
 from kernelized.eval.estimator_variance import variance_sweep
+from kernelized.experiments.framework.launchers import torch_threads
 from kernelized.experiments.framework.tables import markdown_table, write_figure
 from kernelized.train.checkpoint import write_text_atomic
 
@@ -25,16 +24,12 @@ COLUMNS = [
 
 def measure(config: dict) -> list[dict]:
     """The sweep of the config's ``variance_*`` fields (one thread: thousands of tiny draws)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return variance_sweep(
             config["variance_eigenvalues"], config["variance_norms"], config["variance_num_features"],
             head_dim=config["head_dim"], num_heads=config["num_heads"], pairs=config["pairs"],
             draws=config["variance_draws"], seed=config["seed"],
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
 
 
 def draw_plot(path: Path, rows: list[dict], M: int) -> None:

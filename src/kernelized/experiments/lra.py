@@ -248,7 +248,7 @@ def mixer_spec(kernel: str, model: dict, kernel_options: dict, task: str | None 
         "feature_dim": model.get("feature_dim") or model["d_model"] // heads,
         "mode": model["mode"],
         "chunk_size": model["chunk_size"],
-        "kernel_options": dict(kernel_options or {}),
+        "kernel_options": kernel_options,
     }
 
 

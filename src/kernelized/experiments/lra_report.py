@@ -17,7 +17,7 @@ from pathlib import Path
 from kernelized.data import lra
 from kernelized.eval.stats import holm
 from kernelized.experiments.framework.presets import get_key
-from kernelized.experiments.framework.reduce import comparisons, reduce_runs
+from kernelized.experiments.framework.reduce import comparisons, mean_of, reduce_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
 from kernelized.kernels.registry import SPECTRAL_FAMILIES
 from kernelized.train.checkpoint import write_text_atomic
@@ -70,11 +70,6 @@ PAIR_HEADERS = [
 ]
 
 
-def _mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else math.nan
-
-
 def summarize(records: list[dict]) -> list[dict]:
     """Rows per (task, kernel): test accuracy mean ± 95% CI over seeds, the test split's majority-class rate and
     chance, mean val accuracy, steps/s, memory, seconds; a cell without a finished run has n = 0 and dashes."""
@@ -88,11 +83,11 @@ def summarize(records: list[dict]) -> list[dict]:
             by_cell.setdefault((rec["config"]["task"], rec["config"]["kernel"]), []).append(rec["summary"])
     for row in rows:
         sums = by_cell.get((row["task"], row["kernel"]), [])
-        row["majority %"] = 100 * _mean(s.get("majority") for s in sums)
+        row["majority %"] = 100 * mean_of(s.get("majority") for s in sums)
         row["chance %"] = 100 / lra.task_info(row["task"], sources.get(row["task"])).num_classes
-        row["val acc %"] = 100 * _mean(s.get("val_best_accuracy") for s in sums)
+        row["val acc %"] = 100 * mean_of(s.get("val_best_accuracy") for s in sums)
         for col, key in (("steps/s", "steps_per_s"), ("peak MB", "peak_memory_mb"), ("seconds", "wall_time_s")):
-            row[col] = _mean(get_key(s, key) for s in sums)
+            row[col] = mean_of(get_key(s, key) for s in sums)
     order = {t: i for i, t in enumerate(TASK_ORDER)}
     return sorted(rows, key=lambda r: (order.get(r["task"], 99), -r["mean"] if not math.isnan(r["mean"]) else 0))
 
@@ -271,7 +266,7 @@ def draw_curves(path: Path, records: list[dict], title: str) -> None:
                 axes[0][col].plot(*zip(*train), **style)
             if evals:
                 axes[1][col].plot(*zip(*[(s, 100 * a) for s, a in evals]), marker="o", ms=2, **style)
-        majority = _mean(rec["summary"].get("majority") for rec in seen.values())
+        majority = mean_of(rec["summary"].get("majority") for rec in seen.values())
         axes[1][col].axhline(100 * majority, color="k", ls=":", lw=0.8)
         axes[0][col].set_title(f"{task} (seed {min(r['config']['seed'] for r in seen.values())})", fontsize=9)
         axes[0][col].set_ylabel("training loss")

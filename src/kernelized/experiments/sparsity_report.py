@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from kernelized.eval.stats import holm, mean_ci
-from kernelized.experiments.framework.reduce import comparisons, reduce_runs
+from kernelized.experiments.framework.reduce import comparisons, mean_of, reduce_runs
 from kernelized.experiments.framework.tables import markdown_table, status_section, write_figure
 from kernelized.kernels.registry import SPECTRAL_FAMILIES
 from kernelized.train.checkpoint import write_text_atomic
@@ -36,15 +36,10 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "density": density, "kernel": kernel, "final error (95% CI)": f"{err.mean:.3f} ± {err.half_width:.3f}",
             "n": len(s), "reached target": f"{len(hit)}/{len(s)}",
             "steps to target": sum(hit) / len(hit) if hit else math.nan,
-            "noise ratio, start": _mean(x["noise"]["start"]["noise_ratio"] for x in s),
-            "noise ratio, end": _mean(x["noise"]["end"]["noise_ratio"] for x in s),
+            "noise ratio, start": mean_of(x["noise"]["start"]["noise_ratio"] for x in s),
+            "noise ratio, end": mean_of(x["noise"]["end"]["noise_ratio"] for x in s),
         })  # fmt: skip
     return rows
-
-
-def _mean(values) -> float:
-    v = list(values)
-    return sum(v) / len(v) if v else math.nan
 
 
 def _wanted(a: str, b: str) -> bool:
@@ -111,7 +106,7 @@ def draw_curves(path: Path, records: list[dict]) -> None:
             if not curves:
                 continue
             steps = [s for s, _ in curves[0]]
-            mean = [_mean(c[i][1] for c in curves) for i in range(len(steps))]
+            mean = [mean_of(c[i][1] for c in curves) for i in range(len(steps))]
             ls = "--" if kernel.endswith("rks") or kernel == "rff" else "-"
             ax.plot(steps, mean, ls=ls, color=colors[kernel], label=kernel)
         ax.set_ylim(0, 1.1)  # linear: the kernels sit between 0.25 and 1; softmax (the teacher's family) drops to 0

@@ -187,6 +187,8 @@ class RandomFeatureMap(FeatureMap):
     per_head = True
     #: every noise tensor of :meth:`draw` starts with the head axis (False: one draw serves all heads already)
     noise_has_head_axis = True
+    #: one draw repeated for every head (set by :meth:`share_draw_across_heads`)
+    shared_draw = False
 
     def __init__(
         self,
@@ -270,7 +272,7 @@ class RandomFeatureMap(FeatureMap):
     def _draw_for_heads(self, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """:meth:`draw`, with head 0's noise repeated for every head after :meth:`share_draw_across_heads`."""
         noise = self.draw(generator)
-        if getattr(self, "shared_draw", False) and self.noise_has_head_axis:
+        if self.shared_draw and self.noise_has_head_axis:
             noise = {n: t[:1].expand_as(t).clone() for n, t in noise.items()}
         return noise
 

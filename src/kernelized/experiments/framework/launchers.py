@@ -9,6 +9,7 @@ its CPUs (the torch threads it will use) and, when it trains on CUDA, one GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,6 +22,20 @@ LAUNCHERS = ("local", "ray")
 def threads_per_run(workers: int) -> int:
     """Torch threads for each of ``workers`` concurrent runs on this machine."""
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block on ``threads`` torch threads, then restore the caller's count (e.g. 1 for thousands of tiny
+    draws, where intra-op threads only contend)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _die_with_parent() -> None:

@@ -12,6 +12,12 @@ from kernelized.eval.stats import mean_ci, paired_comparison
 from kernelized.experiments.framework.presets import get_key
 
 
+def mean_of(values) -> float:
+    """The mean of the values that are not None; NaN when none is left (a report cell without a number)."""
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
 def reduce_runs(
     records: Sequence[dict],
     cell_keys: Sequence[str],
