@@ -4,6 +4,12 @@ Sources: ``datasets`` (``nyu-mll/glue``, one config per task) with hub access, o
 layout (``<folder>/<task dir>/{train,dev}.tsv``; MNLI: ``dev_matched.tsv`` and ``dev_mismatched.tsv``), read by
 :func:`read_tsv` with the columns GLUE's files have (CoLA's files have no header; every other task's do).
 
+Besides the nine GLUE tasks, ``rotten-tomatoes`` (Pang and Lee's sentence polarity snippets, the data SST was built
+from: the offline SST-2 analogue) reads the fetched corpus (``kernelized data fetch rotten-tomatoes``) or
+``data.path``, split 80 / 10 / 10 by ``split_seed`` into train / dev / test; with ``source="hub"`` it is
+``cornell-movie-review-data/rotten_tomatoes`` with the hub's own splits. It has a labelled test split, which GLUE's
+tasks do not (their test labels are hidden): :func:`load_examples` is the one entry point for all of them.
+
 Metrics (:mod:`kernelized.eval.glue_metrics`): Matthews correlation for CoLA, F1 and accuracy for MRPC and QQP,
 Pearson and Spearman for STS-B (a regression on [0, 5]), accuracy otherwise; MNLI is scored on both dev sets.
 """
@@ -32,6 +38,8 @@ class Task:
     metrics: tuple[str, ...] = ("accuracy",)
     dev_splits: tuple[str, ...] = ("dev",)
     hub_fields: tuple[str, str | None] = ("sentence", None)
+    in_glue: bool = True  # counts in the GLUE average
+    test_labelled: bool = False  # GLUE's test labels are hidden; rotten-tomatoes has its own labelled test split
 
     @property
     def num_labels(self) -> int:
@@ -55,7 +63,7 @@ TASKS = {
             ("#1 String", "#2 String", "Quality"),
             metrics=("f1", "accuracy"),
             hub_fields=("sentence1", "sentence2"),
-        ),  # fmt: skip
+        ),
         Task(
             "qqp",
             "QQP",
@@ -63,7 +71,7 @@ TASKS = {
             ("question1", "question2", "is_duplicate"),
             metrics=("f1", "accuracy"),
             hub_fields=("question1", "question2"),
-        ),  # fmt: skip
+        ),
         Task(
             "stsb",
             "STS-B",
@@ -72,7 +80,7 @@ TASKS = {
             labels=(),
             metrics=("pearson", "spearman"),
             hub_fields=("sentence1", "sentence2"),
-        ),  # fmt: skip
+        ),
         Task(
             "mnli",
             "MNLI",
@@ -81,7 +89,7 @@ TASKS = {
             labels=("entailment", "neutral", "contradiction"),
             dev_splits=("dev_matched", "dev_mismatched"),
             hub_fields=("premise", "hypothesis"),
-        ),  # fmt: skip
+        ),
         Task(
             "qnli", "QNLI", "qnli", ("question", "sentence", "label"), labels=NLI, hub_fields=("question", "sentence")
         ),
@@ -89,8 +97,19 @@ TASKS = {
             "rte", "RTE", "rte", ("sentence1", "sentence2", "label"), labels=NLI, hub_fields=("sentence1", "sentence2")
         ),
         Task("wnli", "WNLI", "wnli", ("sentence1", "sentence2", "label"), hub_fields=("sentence1", "sentence2")),
+        Task(
+            "rotten-tomatoes",
+            "rotten-tomatoes",
+            "",
+            ("text", None, "label"),
+            hub_fields=("text", None),
+            in_glue=False,
+            test_labelled=True,
+        ),
     )
 }
+RT_HUB_ID = "cornell-movie-review-data/rotten_tomatoes"
+SOURCES = ("auto", "hub")
 
 
 def get_task(name: str) -> Task:
@@ -138,3 +157,54 @@ def read_tsv(folder: str | os.PathLike, task: str, split: str) -> list[tuple[str
     if not out:
         raise ValueError(f"{path}: no examples")
     return out
+
+
+def splits_of(task: str) -> tuple[str, ...]:
+    """The labelled splits of a task: ``train``, its dev split(s) and, for rotten-tomatoes, ``test``."""
+    spec = get_task(task)
+    return ("train", *spec.dev_splits, *(("test",) if spec.test_labelled else ()))
+
+
+def load_examples(
+    task: str, split: str, path: str | os.PathLike | None = None, source: str = "auto", split_seed: int = 0
+) -> list[tuple[str, str | None, float | int]]:
+    """``[(text_a, text_b or None, label id or score)]`` of one labelled split (:func:`splits_of`).
+
+    ``source="auto"``: GLUE tasks from ``path`` (TSV files in GLUE's layout) when given, else the hub
+    (``nyu-mll/glue``); rotten-tomatoes from ``path`` or the data cache, split by ``split_seed``.
+    ``source="hub"``: the hub for every task."""
+    spec = get_task(task)
+    if split not in splits_of(task):
+        raise ValueError(f"split of {task} must be one of {list(splits_of(task))}, got {split!r}")
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+    if source == "hub" or (spec.in_glue and path is None):
+        return _hub_examples(spec, split)
+    if spec.in_glue:
+        return read_tsv(path, task, split)
+    from kernelized.data import rotten_tomatoes
+    from kernelized.data.fetch import verified_folder
+
+    folder = Path(path) if path is not None else verified_folder("rotten-tomatoes")
+    texts, labels = rotten_tomatoes.read_corpus(folder)
+    texts, labels = rotten_tomatoes.split(texts, labels, "val" if split == "dev" else split, split_seed)
+    return [(t, None, int(y)) for t, y in zip(texts, labels)]
+
+
+def _hub_examples(spec: Task, split: str) -> list[tuple[str, str | None, float | int]]:
+    hub_split = {"dev": "validation", "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched"}
+    name, config = (HUB_ID, spec.hub_config) if spec.in_glue else (RT_HUB_ID, None)
+    try:
+        import datasets
+
+        from kernelized.data.cache import hub_cache
+
+        ds = datasets.load_dataset(name, config, split=hub_split.get(split, split), cache_dir=hub_cache())
+    except Exception as e:  # no datasets, no network, unknown split: one line naming what was asked
+        raise ValueError(
+            f"{spec.name}: {name} ({config or 'default'}, {split}) could not be loaded from the hub "
+            f"({type(e).__name__}: {e}); pass data.path with GLUE's TSV files instead"
+        ) from None
+    a_field, b_field = spec.hub_fields
+    cast = float if spec.is_regression else int
+    return [(r[a_field], r[b_field] if b_field else None, cast(r["label"])) for r in ds]

@@ -40,6 +40,8 @@ class ModelConfig:
         embed_std: standard deviation of the token embedding at init. 0.02 (GPT-2) suits learned positions of the
             same scale; beside sinusoidal positions (amplitude 1 per coordinate) it leaves the tokens 1/50 of the
             input, and a classifier starts blind to its input (LRA initialises token embeddings with std 1.0).
+        num_segments: 0 = no segment embeddings; 2 = BERT's token-type embeddings (sentence A / B of a pair),
+            added to the token and position embeddings when ``segments [B, T]`` is passed (segment 0 otherwise).
     """
 
     vocab_size: int
@@ -52,6 +54,7 @@ class ModelConfig:
     causal: bool = True
     tie_embeddings: bool = True
     embed_std: float = 0.02
+    num_segments: int = 0
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size)
@@ -59,6 +62,7 @@ class ModelConfig:
         check_positive_int("max_len", self.max_len)
         check_choice("positions", self.positions, POSITIONS)
         check_choice("norm", self.norm, NORMS)
+        check_positive_int("num_segments", self.num_segments, minimum=0)
         if not isinstance(self.embed_std, (int, float)) or not self.embed_std > 0:
             raise ValueError(f"embed_std must be a positive number, got {self.embed_std!r}")
         if not isinstance(self.blocks, list) or not self.blocks:
@@ -137,11 +141,12 @@ class SequenceModel(nn.Module):
             self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         elif cfg.positions == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        self.segment = nn.Embedding(cfg.num_segments, cfg.d_model) if cfg.num_segments else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.blocks)
         self.norm = _norm(cfg.norm, cfg.d_model)
 
-    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0, segments: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != 2:
             got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T], got {got}")
@@ -162,7 +167,23 @@ class SequenceModel(nn.Module):
             x = x + self.pos(positions)
         elif self.cfg.positions == "sinusoidal":
             x = x + self.pos_table[positions].to(x.dtype)
+        if self.segment is not None:
+            x = x + self.segment(self._segment_ids(tokens, segments))
+        elif segments is not None:
+            raise ValueError("segments were given but the model has no segment embeddings (ModelConfig.num_segments=0)")
         return self.dropout(x)
+
+    def _segment_ids(self, tokens: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+        if segments is None:
+            return torch.zeros_like(tokens)
+        if segments.shape != tokens.shape:
+            raise ValueError(f"segments must be shaped as tokens {tuple(tokens.shape)}, got {tuple(segments.shape)}")
+        if segments.numel() and (int(segments.min()) < 0 or int(segments.max()) >= self.cfg.num_segments):
+            raise ValueError(
+                f"segments must lie in [0, num_segments={self.cfg.num_segments}), got range "
+                f"[{int(segments.min())}, {int(segments.max())}]"
+            )
+        return segments.long()
 
     def forward(
         self,
@@ -170,15 +191,17 @@ class SequenceModel(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         state: dict | None = None,
         output_state: bool = False,
+        segments: torch.Tensor | None = None,
         **mixer_kwargs,
     ):
         """``tokens [B, T]`` -> ``hidden [B, T, D]`` (and the new state when ``output_state``).
 
-        ``key_padding_mask``: bool ``[B, T]``, True at padding. ``mixer_kwargs`` reach every mixer that takes them
+        ``key_padding_mask``: bool ``[B, T]``, True at padding. ``segments``: int ``[B, T]`` segment ids (models
+        with ``num_segments``; default all 0). ``mixer_kwargs`` reach every mixer that takes them
         (e.g. ``mode="recurrent"`` for kernel attention when decoding).
         """
         offset = 0 if state is None else state["offset"]
-        x = self.embed_tokens(tokens, offset)
+        x = self.embed_tokens(tokens, offset, segments)
         block_states = [None] * len(self.blocks) if state is None else state["blocks"]
         new_states = []
         for block, block_state in zip(self.blocks, block_states):
@@ -205,8 +228,8 @@ class LanguageModel(nn.Module):
             self.head.weight = self.backbone.embed.weight
         init_weights(self)
 
-    def forward(self, tokens, key_padding_mask=None, state=None, output_state=False, **mixer_kwargs):
-        out = self.backbone(tokens, key_padding_mask, state, output_state, **mixer_kwargs)
+    def forward(self, tokens, key_padding_mask=None, state=None, output_state=False, segments=None, **mixer_kwargs):
+        out = self.backbone(tokens, key_padding_mask, state, output_state, segments=segments, **mixer_kwargs)
         if output_state:
             hidden, new_state = out
             return self.head(hidden), new_state

@@ -41,7 +41,7 @@ class EncoderClassifier(nn.Module):
     Args:
         cfg: the backbone's :class:`ModelConfig`; it must have ``causal=False``. With ``pooling="cls"`` its
             ``max_len`` must allow the extra [CLS] position, and ``cls_id`` must be a valid token id.
-        num_classes: C.
+        num_classes: C; 1 = one regression output (GLUE's STS-B).
         pooling: ``"cls"`` or ``"mean"``.
         head_hidden: hidden width of the head (default ``2 * d_model``).
         pad_id: token id of padding; None = no padding (every token is real).
@@ -61,7 +61,7 @@ class EncoderClassifier(nn.Module):
         if cfg.causal:
             raise ValueError("an encoder classifier needs a bidirectional backbone: ModelConfig.causal must be False")
         check_choice("pooling", pooling, POOLINGS)
-        check_positive_int("num_classes", num_classes, minimum=2)
+        check_positive_int("num_classes", num_classes, minimum=1)
         if pooling == "cls" and not 0 <= cls_id < cfg.vocab_size:
             raise ValueError(f"cls_id must be a token id in [0, vocab_size={cfg.vocab_size}), got {cls_id}")
         self.cfg, self.pooling, self.pad_id, self.cls_id = cfg, pooling, pad_id, cls_id
@@ -81,8 +81,10 @@ class EncoderClassifier(nn.Module):
             return torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
         return tokens == self.pad_id
 
-    def encode(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``tokens [B, T]`` -> pooled ``[B, D]``."""
+    def encode(
+        self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens [B, T]`` (and segment ids ``[B, T]`` for a model with segment embeddings) -> pooled ``[B, D]``."""
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be [B, T], got {got}")
@@ -95,6 +97,7 @@ class EncoderClassifier(nn.Module):
         real_cols = (~pad).any(0).nonzero()
         keep = int(real_cols.max()) + 1 if len(real_cols) else 1
         tokens, pad = tokens[:, :keep], pad[:, :keep]
+        segments = segments[:, :keep] if segments is not None else None
         if tokens.shape[1] > self.max_tokens:
             raise ValueError(
                 f"sequence of {tokens.shape[1]} tokens is longer than the model allows "
@@ -104,15 +107,18 @@ class EncoderClassifier(nn.Module):
             cls = torch.full_like(tokens[:, :1], self.cls_id)
             tokens = torch.cat([cls, tokens], 1)
             pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], 1)
-        h = self.encoder(tokens, key_padding_mask=pad if pad.any() else None)  # [B, T, D]
+            segments = torch.cat([torch.zeros_like(segments[:, :1]), segments], 1) if segments is not None else None
+        h = self.encoder(tokens, key_padding_mask=pad if pad.any() else None, segments=segments)  # [B, T, D]
         if self.pooling == "cls":
             return h[:, 0]
         w = (~pad).to(h.dtype)[..., None]
         return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``tokens [B, T]`` -> logits ``[B, num_classes]``."""
-        return self.head(self.encode(tokens, key_padding_mask))
+    def forward(
+        self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens [B, T]`` -> logits ``[B, num_classes]`` (a regression model: ``[B, 1]``)."""
+        return self.head(self.encode(tokens, key_padding_mask, segments))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -156,29 +162,38 @@ def encoder_config(
     vocab_size: int,
     d_model: int,
     num_layers: int,
-    mixer: dict,
+    mixer: dict | list[dict],
     *,
     mlp_hidden: int | None = None,
     max_len: int = 2048,
     positions: str = "sinusoidal",
     dropout: float = 0.0,
     embed_std: float = 1.0,
+    num_segments: int = 0,
 ) -> ModelConfig:
-    """A bidirectional :class:`ModelConfig` of ``num_layers`` identical blocks ``{mixer, gelu MLP}``.
+    """A bidirectional :class:`ModelConfig` of ``num_layers`` blocks ``{mixer, gelu MLP}``; ``mixer`` is one spec
+    (every layer) or a list of specs that layer i takes as ``mixer[i % len(mixer)]`` (a hybrid).
 
     ``embed_std``: the token embedding's init std; 1.0 as LRA's encoders (``nn.initializers.normal(stddev=1.0)``
     in ``lra_benchmarks/models/layers/common_layers.py``), so the tokens are not drowned by sinusoidal positions.
+    ``num_segments``: 2 for BERT's sentence A / B embeddings (GLUE's pairs), 0 for none.
     """
     check_positive_int("num_layers", num_layers)
-    block = {"mixer": dict(mixer), "mlp": "gelu", "mlp_hidden": mlp_hidden}
+    pattern = list(mixer) if isinstance(mixer, (list, tuple)) else [mixer]
+    if not pattern or not all(isinstance(m, dict) for m in pattern):
+        raise ValueError(f"mixer must be a mixer spec dict or a non-empty list of them, got {mixer!r}")
     return ModelConfig(
         vocab_size=vocab_size,
         d_model=d_model,
-        blocks=[{**block, "mixer": dict(mixer)} for _ in range(num_layers)],
+        blocks=[
+            {"mixer": dict(pattern[i % len(pattern)]), "mlp": "gelu", "mlp_hidden": mlp_hidden}
+            for i in range(num_layers)
+        ],  # fmt: skip
         max_len=max_len,
         positions=positions,
         dropout=dropout,
         causal=False,
         tie_embeddings=False,
         embed_std=embed_std,
+        num_segments=num_segments,
     )
