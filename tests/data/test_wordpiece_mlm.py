@@ -61,3 +61,23 @@ def test_bert_masking_rates_and_what_is_never_masked():
     assert torch.equal(same[0], inputs) and torch.equal(same[1], labels)  # a function of the seed
     with pytest.raises(ValueError, match="ids must be int64"):
         mlm.mask_tokens(ids.float(), generator=g, **kw)
+
+
+def test_special_tokens_are_found_by_name_as_in_a_hub_vocabulary(monkeypatch):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = ["the", "cat", "dog", "##s"]
+    vocab = {w: i for i, w in enumerate(words)} | {t: 100 + i for i, t in enumerate(wordpiece.SPECIAL)}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer, backend.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+    tok = wordpiece.WordPiece(backend, "hub-like")
+    assert (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id) == (100, 102, 103, 104)
+    assert tok.first_ordinary_id == 0 and set(tok.special_ids) == set(range(100, 105))
+    ids, seg = tok.encode_batch([("the cats", "dog"), ("the bird", None)], max_len=16)
+    assert ids.tolist() == [[102, 0, 1, 3, 103, 2, 103], [102, 0, 101, 103, 100, 100, 100]]  # bird: [UNK]
+    assert seg.tolist() == [[0, 0, 0, 0, 0, 1, 1], [0] * 7]
+    with pytest.raises(ValueError, match="lacks the special tokens"):
+        wordpiece.WordPiece(Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="tokenizer.name '/no/such/tokenizer' could not be loaded"):
+        wordpiece.WordPiece.from_pretrained("/no/such/tokenizer")

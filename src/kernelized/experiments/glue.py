@@ -235,6 +235,42 @@ def check_data(pretrain: list[Run], finetune: list[Run]) -> None:
             return
 
 
+def train_flops(pretrain: list[Run], finetune: list[Run]) -> float:
+    """6 x parameters x training tokens over the runs (fine-tuning at full length: an upper bound)."""
+    import math
+
+    import torch
+
+    from kernelized.experiments.glue_pretrain import model_config
+    from kernelized.models.backbone import LanguageModel
+
+    total, params = 0.0, {}
+    for run in pretrain:
+        c = run.config
+        with torch.device("meta"):
+            vocab = c["tokenizer"]["vocab_size"] if not c["tokenizer"].get("name") else 30_522
+            params[run.run_id] = sum(p.numel() for p in LanguageModel(model_config(c, vocab)).parameters())
+        t = c["pretrain"]["train"]
+        total += 6 * params[run.run_id] * t["max_steps"] * t["batch_size"] * c["pretrain"]["seq_len"]
+    for run in finetune:
+        t, f = run.config["finetune"]["train"], run.config["finetune"]
+        n = f["data"].get("train_examples") or glue_data.TRAIN_SIZES[run.config["task"]]
+        steps = t.get("max_steps") or t["epochs"] * math.ceil(n / t["batch_size"])
+        total += 6 * params.get(run.config["pretrain_run"], 0) * steps * t["batch_size"] * f["max_len"]
+    return total
+
+
+def check_pretrained(finetune: list[Run]) -> None:
+    """``--stage finetune``: every pretraining run the fine-tuning runs name has finished (one error otherwise)."""
+    for run in finetune:
+        folder = Path(run.config["pretrain_dir"])
+        if not (folder / "result.json").is_file():
+            raise FileNotFoundError(
+                f"pretraining run {folder} does not exist or has not finished (fine-tuning run {run.run_id} starts "
+                "from it): run `kernelized glue --stage pretrain` with the same preset and settings first"
+            )
+
+
 # -- CLI -----------------------------------------------------------------------------------------------
 @cli.command
 def main(argv: list[str]) -> int:
@@ -256,7 +292,10 @@ def main(argv: list[str]) -> int:
         )
         return 0
     if not args.report_only:
+        cli.warn_if_gpu_sized(config, name, "glue", lambda: train_flops(pretrain, finetune))
         check_data(pretrain, finetune)
+    if args.stage == "finetune" and not args.report_only:
+        check_pretrained(finetune)
     records = {}
     for stage, runs, fn in (("pretrain", pretrain, run_pretrain), ("finetune", finetune, run_finetune)):
         start = time.perf_counter()

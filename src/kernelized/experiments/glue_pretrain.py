@@ -55,11 +55,22 @@ def corpus_lines(corpus: dict, split: str) -> list[str]:
                 return []  # local files have a train / validation split only
             cfg.val_split = "test"
         lines = []
-        for text in corpora.iter_documents(cfg, "train" if split == "train" else "validation"):
-            lines.extend(t for t in (text.splitlines() if not source.startswith("hf:") else [text]) if t.strip())
-            if limit and len(lines) >= limit:
-                break
-    return lines[:limit] if limit else lines
+        try:
+            for text in corpora.iter_documents(cfg, "train" if split == "train" else "validation"):
+                lines.extend(t for t in (text.splitlines() if not source.startswith("hf:") else [text]) if t.strip())
+                if limit and len(lines) >= limit:
+                    break
+        except ValueError:
+            if split != "test":
+                raise
+            return []  # a hub corpus without a test split: scored on validation only
+    lines = lines[:limit] if limit else lines
+    if not lines and split != "test":
+        raise ValueError(
+            f"pretrain.corpus: {source} has no {split} text (local files go to validation by a hash of "
+            "their name, 5 % of them: add files, or use an hf:<folder> with train and validation files)"
+        )
+    return lines
 
 
 def tokenizer_for(config: dict, run_dir: Path, train_lines: list[str]) -> WordPiece:
