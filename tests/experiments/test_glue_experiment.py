@@ -238,3 +238,21 @@ def test_pretraining_corpora_ptb_from_the_cache_and_a_hub_style_folder(tmp_path,
     assert glue_pretrain.corpus_lines(corpus, "train") == ["train line 0", "train line 1", "train line 2"]
     assert glue_pretrain.corpus_lines(corpus, "val") == ["validation line 0", "validation line 1"]
     assert glue_pretrain.corpus_lines(corpus, "test") == []  # no test split: validation only
+
+
+def test_a_hybrid_pattern_builds_every_mixer_bidirectionally():
+    pattern = [{"mixer": "baseconv"}, "attention", {"mixer": "sliding_window", "num_heads": 2, "window": 4}]
+    cfg = {"kernel": "gmm-prf", "kernel_options": {}, "model": {**glue.DEFAULTS["model"], "d_model": 16,
+           "num_heads": 2, "num_layers": 3, "max_len": 12, "dropout": 0.0, "pattern": pattern}}  # fmt: skip
+    torch.manual_seed(0)
+    model = LanguageModel(glue_pretrain.model_config(cfg, 30)).eval()
+    kinds = [type(b.mixer).__name__ for b in model.backbone.blocks]
+    assert kinds == ["BaseConv", "KernelAttention", "SlidingWindowAttention"]
+    assert model.backbone.blocks[1].mixer.kernel_name == "gmm-prf" and not model.backbone.blocks[1].mixer.causal
+    x = torch.randint(5, 30, (2, 12))
+    later = x.clone()
+    later[:, -1] = (later[:, -1] + 1) % 30
+    assert not torch.allclose(model(x)[:, 0], model(later)[:, 0])  # the first position sees the last token
+    with pytest.raises(ValueError, match="model.pattern entries must be"):
+        glue_pretrain.check_config({**cfg, "pretrain": {"seq_len": 8}, "tokenizer": {"vocab_size": 30},
+                                    "model": {**cfg["model"], "pattern": ["softmax"]}})  # fmt: skip
