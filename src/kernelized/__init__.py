@@ -14,6 +14,11 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from kernelized import kernels, layers, ops  # noqa: E402
+from kernelized._hf_hook import register_with_transformers  # noqa: E402
+
+# `AutoConfig` / `AutoModelForCausalLM.from_pretrained` know model_type "kernelized" after `import kernelized`,
+# without importing transformers here (it is optional and slow to import): registered when it is imported.
+register_with_transformers()
 
 __version__ = "0.1.0"
 __all__ = ["kernels", "ops", "layers", "__version__"]

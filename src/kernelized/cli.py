@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lra": ("kernelized.experiments.lra", "Long Range Arena tasks with any kernel"),
     "lm": ("kernelized.experiments.lm", "language modelling, generation, AR-hit perplexity"),
     "glue": ("kernelized.experiments.glue", "masked-LM pretraining + GLUE / Rotten Tomatoes fine-tuning, any kernel"),
+    "export": ("kernelized.experiments.export", "an `lm` run as a Hugging Face folder (safetensors, tokenizer)"),
     "bench": ("kernelized.experiments.bench", "speed and memory benchmarks"),
     "kernel-error": (
         "kernelized.experiments.kernel_error",

@@ -119,3 +119,37 @@ def load_tokenizer(name_or_path: str = "byte") -> Tokenizer:
             f"transformers.AutoTokenizer failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
     return HFTokenizer(backend, name_or_path)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map of the 256 bytes to printable characters (what `tokenizers`' ByteLevel pre-tokenizer emits)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    out, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in out:
+            out[b], extra = chr(256 + extra), extra + 1
+    return out
+
+
+BYTE_EOS = "<|endoftext|>"
+
+
+def to_transformers(tok: Tokenizer):
+    """The tokenizer as a `transformers` tokenizer (``save_pretrained`` writes the files ``AutoTokenizer`` and
+    pipelines read), with the same ids: the byte tokenizer becomes a byte-level BPE without merges whose ids are
+    the byte values, and 256 its end-of-document token ``<|endoftext|>``."""
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tok, HFTokenizer):
+        if tok._is_transformers:
+            return tok.backend
+        eos = tok.backend.id_to_token(tok.eos_id) if tok.eos_id is not None else None
+        return PreTrainedTokenizerFast(tokenizer_object=tok.backend, eos_token=eos)
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(BYTE_EOS, special=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=BYTE_EOS)

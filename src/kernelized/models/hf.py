@@ -3,7 +3,7 @@
     from kernelized.models.hf import KernelizedConfig, KernelizedForCausalLM
     hf_model = KernelizedForCausalLM.from_native(language_model)     # or KernelizedForCausalLM(KernelizedConfig(...))
     hf_model.save_pretrained("out/")                                  # config.json + model.safetensors
-    AutoModelForCausalLM.from_pretrained("out/")                      # after `import kernelized.models.hf`
+    AutoModelForCausalLM.from_pretrained("out/")                      # after `import kernelized` (no remote code)
 
 The HF model holds a native :class:`kernelized.models.LanguageModel` as ``.model``, so its logits are the native
 model's. Its ``forward`` computes the whole sequence (``past_key_values`` are not used); fast decoding with the
