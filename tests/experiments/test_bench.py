@@ -51,8 +51,13 @@ def test_smoke_preset_runs_every_section_and_probes_memory_after_every_timing(tm
     assert state[64] == state[128] and cache[128] == pytest.approx(2 * cache[64])
     assert [r["T"] for r in result["memory"]] == [32, 64]
     assert {(r["model"], r["mixer"]) for r in result["models"]} >= {("mqar", "softmax"), ("lm", "rebased chunk")}
+    generated = {(r["case"], r["prompt"]) for r in result["generate"]}
+    assert generated == {("HF generate, KernelizedCache", 8), ("HF generate, KernelizedCache", 16),
+                         ("kernelized.models.generate", 8), ("kernelized.models.generate", 16),
+                         ("HF generate, no cache", 8)}  # fmt: skip
     md = (tmp_path / "smoke.md").read_text()
     assert "| rebased chunk |" in md and "decode" in md and "matmul rate" in md and "## models" in md
+    assert "## generate: ms per new token" in md
     assert "one fresh process per T" in md
     assert (tmp_path / "smoke_kernels.png").stat().st_size > 0 and (tmp_path / "smoke_decode.png").exists()
     measured = [r for r in rows if "seconds" in r] + result["models"]

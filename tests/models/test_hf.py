@@ -82,3 +82,62 @@ def test_from_config_and_bad_config():
         KernelizedConfig(model_config={**native().cfg.to_dict(), "positions": "rope"})
     with pytest.raises(ValueError, match="model_config is empty"):
         KernelizedForCausalLM(KernelizedConfig())
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_the_cache_carries_every_mixers_state_logits_equal_the_full_forward(positions):
+    from kernelized.models.hf_cache import KernelizedCache
+
+    model = native(positions=positions)
+    hf = KernelizedForCausalLM.from_native(model).eval()
+    x = torch.randint(0, V, (2, 14))
+    with torch.no_grad():
+        full = model(x)
+        out = hf(x[:, :6], use_cache=True)
+        assert isinstance(out.cache, KernelizedCache) and out.cache.get_seq_length() == 6
+        steps = [out.logits]
+        for t in range(6, 14):  # then one token at a time through the state
+            out = hf(x[:, t : t + 1], cache=out.cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    kinds = [type(s).__name__ for s in out.cache.state["blocks"]]
+    assert kinds == ["Tensor", "tuple", "tuple", "dict", "dict"]  # conv inputs, (S, z) twice, ring buffer, KV
+
+
+def test_hf_generate_with_the_cache_equals_native_and_uncached_decoding():
+    model = native(positions="learned")
+    hf = KernelizedForCausalLM.from_native(model).eval()
+    x = torch.randint(1, V, (2, 9))
+    kw = {"max_new_tokens": 10, "pad_token_id": 0}
+    assert torch.equal(hf.generate(x, do_sample=False, **kw), generate(model, x, 10, temperature=0))
+    beams = {c: hf.generate(x, num_beams=3, do_sample=False, use_cache=c, **kw) for c in (True, False)}
+    assert torch.equal(beams[True], beams[False])  # the cache follows the beams (reorder_cache)
+    sampled = {}
+    for c in (True, False):
+        torch.manual_seed(3)
+        sampled[c] = hf.generate(x, do_sample=True, top_k=5, use_cache=c, **kw)
+    assert torch.equal(sampled[True], sampled[False])
+    torch.manual_seed(3)
+    beam_sample = hf.generate(x, do_sample=True, num_beams=2, num_return_sequences=2, use_cache=True, **kw)
+    assert beam_sample.shape == (4, 19)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_a_left_padded_batch_decodes_each_row_as_if_alone(positions):
+    model = native(positions=positions)
+    hf = KernelizedForCausalLM.from_native(model).eval()
+    long, short = torch.randint(1, V, (1, 9)), torch.randint(1, V, (1, 5))
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    kw = {"max_new_tokens": 7, "do_sample": False, "pad_token_id": 0}
+    both = hf.generate(batch, attention_mask=mask, **kw)
+    assert torch.equal(both[0], hf.generate(long, **kw)[0])
+    assert torch.equal(both[1, 9:], hf.generate(short, **kw)[0, 5:])
+    assert torch.equal(both, hf.generate(batch, attention_mask=mask, use_cache=False, **kw))
+
+
+def test_generating_past_max_len_is_one_clear_error():
+    hf = KernelizedForCausalLM.from_native(native(positions="learned")).eval()  # max_len 32
+    with pytest.raises(ValueError, match="exceeds max_len=32"):
+        hf.generate(torch.randint(1, V, (1, 30)), max_new_tokens=5, do_sample=False, pad_token_id=0)

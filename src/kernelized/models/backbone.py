@@ -146,7 +146,16 @@ class SequenceModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.blocks)
         self.norm = _norm(cfg.norm, cfg.d_model)
 
-    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0, segments: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_tokens(
+        self,
+        tokens: torch.Tensor,
+        offset: int = 0,
+        segments: torch.Tensor | None = None,
+        position_shift: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token (+ position, + segment) embeddings ``[B, T, D]`` of the tokens at positions ``offset ..
+        offset + T - 1``, each row moved back by ``position_shift [B]`` (its count of left padding, so a
+        left-padded row's first real token sits at position 0: padded batches decode as their rows alone)."""
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != 2:
             got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T], got {got}")
@@ -163,6 +172,8 @@ class SequenceModel(nn.Module):
             )
         x = self.embed(tokens)
         positions = torch.arange(offset, offset + T, device=tokens.device)
+        if position_shift is not None:
+            positions = (positions[None, :] - position_shift.to(positions.device)[:, None]).clamp_min(0)  # [B, T]
         if self.cfg.positions == "learned":
             x = x + self.pos(positions)
         elif self.cfg.positions == "sinusoidal":
@@ -192,16 +203,17 @@ class SequenceModel(nn.Module):
         state: dict | None = None,
         output_state: bool = False,
         segments: torch.Tensor | None = None,
+        position_shift: torch.Tensor | None = None,
         **mixer_kwargs,
     ):
         """``tokens [B, T]`` -> ``hidden [B, T, D]`` (and the new state when ``output_state``).
 
         ``key_padding_mask``: bool ``[B, T]``, True at padding. ``segments``: int ``[B, T]`` segment ids (models
-        with ``num_segments``; default all 0). ``mixer_kwargs`` reach every mixer that takes them
-        (e.g. ``mode="recurrent"`` for kernel attention when decoding).
-        """
+        with ``num_segments``; default all 0). ``position_shift``: int ``[B]``, see :meth:`embed_tokens`.
+        ``mixer_kwargs`` reach every mixer that takes them (e.g. ``mode="recurrent"`` for kernel attention when
+        decoding)."""
         offset = 0 if state is None else state["offset"]
-        x = self.embed_tokens(tokens, offset, segments)
+        x = self.embed_tokens(tokens, offset, segments, position_shift)
         block_states = [None] * len(self.blocks) if state is None else state["blocks"]
         new_states = []
         for block, block_state in zip(self.blocks, block_states):

@@ -6,8 +6,9 @@
     AutoModelForCausalLM.from_pretrained("out/")                      # after `import kernelized` (no remote code)
 
 The HF model holds a native :class:`kernelized.models.LanguageModel` as ``.model``, so its logits are the native
-model's. Its ``forward`` computes the whole sequence (``past_key_values`` are not used); fast decoding with the
-kernel states is :func:`kernelized.models.generation.generate` on ``hf_model.model``.
+model's. ``generate`` (greedy, sampling, beam search, left-padded batches) carries every layer's own state in a
+:class:`kernelized.models.hf_cache.KernelizedCache` (``outputs.cache``): one prefill, then one recurrent step per
+token, as :func:`kernelized.models.generation.generate` (``use_cache=False`` recomputes the sequence each step).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import kernelized.layers.sliding_window  # noqa: F401  (registers the "sliding_window" mixer)
 from kernelized.models.backbone import LanguageModel, ModelConfig
+from kernelized.models.hf_cache import KernelizedCache
 
 
 class KernelizedConfig(PretrainedConfig):
@@ -109,25 +111,65 @@ class KernelizedForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.model.head
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """No DynamicCache: the model brings its own :class:`KernelizedCache` (made at the first forward)."""
+        return False
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cache: KernelizedCache | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        key_padding_mask = None if attention_mask is None else attention_mask == 0
-        logits = self.model(input_ids, key_padding_mask=key_padding_mask)
+        """Without a cache (and ``use_cache`` falsy): the whole sequence. With one: the prompt is prefilled (kernel
+        layers in their chunk form) into a :class:`KernelizedCache`, then each call feeds only the new tokens through
+        the state (recurrent form), which ``outputs.cache`` returns. ``attention_mask`` 0 marks padding; left
+        padding is skipped by every mixer and moves the row's positions back, so a padded row decodes as alone."""
+        shift = None if attention_mask is None else left_padding(attention_mask)
+        if cache is None and not use_cache:
+            key_padding_mask = None if attention_mask is None else attention_mask == 0
+            logits = self.model(input_ids, key_padding_mask=key_padding_mask, position_shift=shift)
+        else:
+            cache = cache if cache is not None else KernelizedCache()
+            logits = self._step(input_ids, attention_mask, cache, shift)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """No cache: every generation step runs the whole sequence (use kernelized's generate() for speed)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    def _step(self, input_ids, attention_mask, cache: KernelizedCache, shift) -> torch.Tensor:
+        if cache.state is None:  # the prompt, in one call
+            cache.left_padding = shift
+            pad = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :] == 0
+            pad = pad if pad is not None and bool(pad.any()) else None
+            logits, cache.state = self.model(
+                input_ids, key_padding_mask=pad, output_state=True, mode="chunk", position_shift=shift
+            )
+        else:
+            logits, cache.state = self.model(
+                input_ids, state=cache.state, output_state=True, mode="recurrent", position_shift=cache.left_padding
+            )
+        return logits
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, use_cache=True, **kwargs):
+        """With a cache only the tokens it has not seen go in; without one (``use_cache=False``) every step runs the
+        whole sequence."""
+        if not use_cache:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if cache is not None and cache.state is not None:
+            input_ids = input_ids[:, cache.get_seq_length() :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": True}
+
+
+def left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the zeros before each row's first 1 in ``attention_mask [B, T]``."""
+    return (attention_mask.long().cumsum(-1) == 0).sum(-1)
 
 
 def register() -> None:

@@ -49,13 +49,14 @@ from kernelized.experiments.bench.cases import (
     run_models,
     select_cases,
 )
+from kernelized.experiments.bench.generation import Generate, run_generate
 from kernelized.experiments.bench.report import markdown, plots, targets
 from kernelized.experiments.framework.cli import command, experiment_parser
 from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import check_types, defaults_of
 from kernelized.train.checkpoint import write_text_atomic
 
-SECTIONS = ("kernels", "memory", "decode", "models")
+SECTIONS = ("kernels", "memory", "decode", "models", "generate")
 DEFAULT_OUT = "runs/bench"
 PUBLISHED_OUT = "docs/bench"
 
@@ -103,6 +104,7 @@ class BenchConfig:
     decode_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
     decode_steps: int = 200  # timed decode steps per context length
     models: Models = field(default_factory=Models)
+    generate: Generate = field(default_factory=Generate)  # HF generate with the model's state vs without
     seed: int = 0  # the random inputs of the kernel and decode sections (--seeds takes one)
 
 
@@ -242,6 +244,8 @@ def run_sections(p: dict, sections: list[str], cases: list, rate: float) -> dict
         out["decode"] = run_decode(p, rate)
     if "models" in sections:
         out["models"] = run_models(p, probes)
+    if "generate" in sections:
+        out["generate"] = run_generate(p)
     for probe in tqdm(probes, desc="peak memory (in-process, after all timings)", leave=False):
         try:
             probe()

@@ -150,6 +150,24 @@ def _models_table(model_rows: list[dict]) -> list[str]:
     return ["## models: training step (AdamW), tokens/s and peak memory", "", *_table(table)]
 
 
+def _generate_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    ms = {(r["case"], r["prompt"]): r["ms_per_token"] for r in rows}
+    prompts = sorted({t for _, t in ms})
+    table = [{"generation": case} | {f"prompt {t}": f"{ms[(case, t)]:.2f}" if (case, t) in ms else "–" for t in prompts}
+             for case in dict.fromkeys(r["case"] for r in rows)]  # fmt: skip
+    cached = [ms[k] for k in sorted(ms) if k[0].endswith("KernelizedCache")]
+    ratio = (
+        f"; with the cache, prompt {prompts[-1]} / prompt {prompts[0]} = {cached[-1] / cached[0]:.2f}x"
+        if cached
+        else ""
+    )
+    return ["## generate: ms per new token against prompt length (tiny ReBased LM, greedy, batch 1)", "",
+            f"Prefill excluded (time of N tokens minus time of 1, over N - 1){ratio} (target: within 1.2x).", "",
+            *_table(table)]  # fmt: skip
+
+
 def _targets_table(tg: dict | None) -> list[str]:
     if not tg or tg.get("rebased_chunk_fwd_bwd_s") is None:
         return []
@@ -168,7 +186,8 @@ def markdown(result: dict) -> str:
     """The run as markdown tables (what docs/benchmarks.md quotes)."""
     lines = _header(result) + _kernel_tables(result["kernels"]) + _skipped(result["kernels"])
     lines += _memory_table(result.get("memory")) + _decode_table(result.get("decode"))
-    lines += _models_table(result.get("models")) + _targets_table(result.get("targets"))
+    lines += _models_table(result.get("models")) + _generate_table(result.get("generate"))
+    lines += _targets_table(result.get("targets"))
     return "\n".join(lines)
 
 
