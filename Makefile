@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,hf,triton,ray]"
+	$(PY) -m pip install -q -e ".[test,hf,triton,ray,eval]"
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "error: a requirement pulled CUDA packages (nvidia-*); torch must stay 2.13.0 CPU" >&2; exit 1; fi
 	touch $(STAMP)

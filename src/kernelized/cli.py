@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm": ("kernelized.experiments.lm", "language modelling, generation, AR-hit perplexity"),
     "glue": ("kernelized.experiments.glue", "masked-LM pretraining + GLUE / Rotten Tomatoes fine-tuning, any kernel"),
     "export": ("kernelized.experiments.export", "an `lm` run as a Hugging Face folder (safetensors, tokenizer)"),
+    "lm-eval": ("kernelized.experiments.lm_harness", "lm-evaluation-harness tasks on an exported model (eval extra)"),
     "bench": ("kernelized.experiments.bench", "speed and memory benchmarks"),
     "kernel-error": (
         "kernelized.experiments.kernel_error",

@@ -37,3 +37,27 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     for k, v in one["model"].items():
         if isinstance(v, torch.Tensor):
             torch.testing.assert_close(two["model"][k], v, rtol=1e-5, atol=1e-6)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    import json
+
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if x.get("event") == "train"]
+
+
+@pytest.mark.slow
+def test_torchrun_loss_matches_one_process_for_20_steps(tmp_path):
+    """What README claims: the training loss of 2 processes equals 1 process's to 1e-5 over the first 20 steps."""
+    preset = write_preset(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = ["--set", "train.max_steps=20", "--set", "train.log_every=1", "--set", "train.eval_every=20"]
+    cmd = ["-m", "kernelized", "lm", "--preset", preset, "--no-progress", *sets, "--out"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run(launch + cmd + [str(tmp_path / "two")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable] + cmd + [str(tmp_path / "one")], check=True, env=env, timeout=300)
+    (one_dir,) = (tmp_path / "one").glob("kernel=rebased_seed=0-*")
+    (two_dir,) = (tmp_path / "two").glob("kernel=rebased_seed=0-*")
+    one, two = _losses(one_dir), _losses(two_dir)
+    assert len(one) == len(two) == 20
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-5, atol=1e-5)
