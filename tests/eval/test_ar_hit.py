@@ -149,7 +149,33 @@ def test_frequency_buckets_partition_the_ar_hits():
     assert abs(total - float(out["ar_hit_loss"][0])) < 1e-3
     counts = {n: int(out[f"ar_hit_loss_{n}"][1]) for n in names}
     assert all(c > 0 for c in counts.values()), counts
-    metrics = perplexities({k: float(s) / float(c) for k, (s, c) in out.items()})
+    metrics = perplexities({k: float(s) / float(c) for k, (s, c) in out.items() if c})  # empty slices: no value
+    from kernelized.eval.perplexity import DISTANCE_BUCKETS
+
+    by_distance = [bucket_name(lo, hi, "dist") for lo, hi in DISTANCE_BUCKETS]  # a partition of the hits too
+    assert sum(int(out[f"ar_hit_loss_{n}"][1]) for n in by_distance) == int(out["ar_hit_loss"][1])
+    from kernelized.eval.ar_hit import ar_hit_distance
+
+    gaps = ar_hit_distance(stream)[0, 1:]
+    assert int(out["ar_hit_loss_dist1-3"][1]) == int(((gaps >= 1) & (gaps < 4)).sum()) >= 3  # gaps 1, 2, 2 (, 2), 9
+    assert int(out["ar_hit_loss_dist4-15"][1]) == 1
     for n in names:  # a uniform model has perplexity 6 on every slice
         assert abs(metrics[f"ar_hit_ppl_{n}"] - 6.0) < 1e-4
     assert abs(sum(metrics[f"ar_hit_share_{n}"] for n in names) - metrics["ar_hit_fraction"]) < 1e-9
+
+
+def test_ar_hit_distance_is_the_gap_to_the_latest_earlier_occurrence_against_brute_force():
+    from kernelized.eval.ar_hit import ar_hit_distance
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 4, (3, 40), generator=g)
+    pad = torch.zeros(3, 40, dtype=torch.bool)
+    pad[2, 30:] = True
+    dist = ar_hit_distance(tokens, pad)
+    for b in range(3):
+        for t in range(40):
+            earlier = [s for s in range(1, t) if not (pad[b, s] or pad[b, s - 1] or pad[b, t] or pad[b, t - 1])
+                       and (tokens[b, s - 1], tokens[b, s]) == (tokens[b, t - 1], tokens[b, t])]  # fmt: skip
+            assert int(dist[b, t]) == (t - max(earlier) if earlier else 0), (b, t)
+    assert torch.equal(dist > 0, ar_hit_mask(tokens, pad))
+    assert ar_hit_distance(tokens[0]).tolist() == dist[0].tolist()  # [T] in, [T] out

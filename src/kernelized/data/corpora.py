@@ -1,6 +1,8 @@
 """Text corpora for language modelling, tokenized into one stream and cut into fixed-length windows.
 
 Sources (``CorpusConfig.source``):
+  - ``"ptb"``: the Penn Treebank LM splits (Mikolov's, 887k training words) from the data cache, one sentence a
+    document; ``val_split: test`` reads the test split.
   - ``"stdlib"``: the Python standard library's own ``.py`` files, found through ``sysconfig``; present on
     every machine that runs this code, so the tiny preset trains offline.
   - a local path: a ``.txt`` / ``.jsonl`` / ``.json`` / ``.py`` file, or a folder of them (read recursively).
@@ -129,6 +131,9 @@ def iter_documents(cfg: CorpusConfig, split: str = "train") -> Iterator[str]:
     if cfg.source.startswith("hf:"):
         yield from _hub_documents(cfg, cfg.train_split if split == "train" else cfg.val_split)
         return
+    if cfg.source == "ptb":  # Mikolov's splits from the data cache: one sentence a document (<eos> after each)
+        yield from ptb_sentences("train" if split == "train" else cfg.val_split)
+        return
     if cfg.source == "stdlib":
         files = stdlib_files()
         root = Path(sysconfig.get_paths()["stdlib"])
@@ -141,6 +146,18 @@ def iter_documents(cfg: CorpusConfig, split: str = "train") -> Iterator[str]:
             rel = doc_id.replace(root.as_posix() + "/", "", 1)
             if text and _in_split(rel, split, cfg.val_fraction):
                 yield text
+
+
+def ptb_sentences(split: str) -> list[str]:
+    """The sentences of a Penn Treebank split (``train``; ``validation`` or ``valid``; ``test``) from the data cache
+    (``kernelized data fetch ptb``; one error naming that command when missing)."""
+    from kernelized.data import penn_treebank
+    from kernelized.data.fetch import verified_folder
+
+    names = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
+    if split not in names:
+        raise ValueError(f"corpus source 'ptb' has the splits train, validation and test; got {split!r}")
+    return penn_treebank.read_splits(verified_folder("ptb"))[names[split]]
 
 
 def _hub_documents(cfg: CorpusConfig, split: str) -> Iterator[str]:

@@ -71,3 +71,23 @@ def write_files(splits: dict[str, list[str]], folder: Path) -> None:
 
 def num_words(lines: list[str]) -> int:
     return sum(len(line.split()) for line in lines)
+
+
+EOS = "<eos>"
+
+
+def word_tokenizer(train: list[str]):
+    """Word-level `tokenizers` tokenizer over the training split's words (PTB's closed 10k vocabulary, ``<unk>``
+    included) plus ``<eos>`` (id 0, what :mod:`kernelized.data.corpora` puts after each sentence); ids by
+    decreasing frequency, ties alphabetical, so the same text gives the same ids everywhere."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    counts = Counter(word for line in train for word in line.split())
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    vocab = {EOS: 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    return tok

@@ -5,7 +5,8 @@ Every tokenizer here has the same small interface::
     tok.encode(text) -> list[int]      tok.decode(ids) -> str
     tok.vocab_size: int                tok.eos_id: int | None     tok.name: str
 
-``load_tokenizer("byte")`` needs nothing beyond the standard library; a name or path is tried as a
+``load_tokenizer("byte")`` needs nothing beyond the standard library; ``"ptb-words"`` is the Penn Treebank's word
+vocabulary (from the data cache, ``kernelized data fetch ptb``); a name or path is tried as a
 `tokenizers` JSON file, then as a `transformers` tokenizer (local folder or hub id).
 """
 
@@ -87,6 +88,11 @@ def load_tokenizer(name_or_path: str = "byte") -> Tokenizer:
         raise ValueError(f"tokenizer must be 'byte' or a tokenizer name/path, got {name_or_path!r}")
     if name_or_path == "byte":
         return ByteTokenizer()
+    if name_or_path == "ptb-words":  # Penn Treebank word level, from the data cache's training split
+        from kernelized.data import penn_treebank
+        from kernelized.data.corpora import ptb_sentences
+
+        return HFTokenizer(penn_treebank.word_tokenizer(ptb_sentences("train")), "ptb-words")
     path = os.path.expanduser(name_or_path)
     json_file = path
     if os.path.isdir(path):  # a folder saved by transformers (has tokenizer_config.json) goes to transformers

@@ -65,6 +65,30 @@ def ar_hit_mask(tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) 
     return mask[0] if squeeze else mask
 
 
+def ar_hit_distance(tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """How far back each AR hit's bigram occurred last: ``dist[b, t] = t - s`` for the latest ``1 <= s < t`` with
+    ``(tokens[b, s-1], tokens[b, s]) == (tokens[b, t-1], tokens[b, t])``; 0 where ``tokens[b, t]`` is not an AR hit
+    (so ``ar_hit_distance(x) > 0`` equals :func:`ar_hit_mask`). int64 ``[B, T]``, aligned as that mask."""
+    mask = ar_hit_mask(tokens, padding_mask)  # validates, and gives the shape
+    squeeze = tokens.dim() == 1
+    tokens = tokens[None] if squeeze else tokens
+    padding_mask = None if padding_mask is None else (padding_mask[None] if squeeze else padding_mask)
+    B, T = tokens.shape
+    dist = torch.zeros(B, T, dtype=torch.long, device=tokens.device)
+    if T >= 2:
+        tokens = tokens.long()
+        bigram = tokens[:, :-1] * (int(tokens.max()) + 1) + tokens[:, 1:]
+        if padding_mask is not None:
+            bad = padding_mask[:, :-1] | padding_mask[:, 1:]
+            bigram = torch.where(bad, -1 - torch.arange(B * (T - 1), device=tokens.device).view(B, T - 1), bigram)
+        sorted_ids, order = torch.sort(bigram, dim=1, stable=True)  # repeats of a bigram adjacent, in time order
+        gap = torch.zeros_like(order)
+        gap[:, 1:] = torch.where(sorted_ids[:, 1:] == sorted_ids[:, :-1], order[:, 1:] - order[:, :-1], 0)
+        dist[:, 1:] = torch.zeros_like(gap).scatter(1, order, gap)
+    dist = dist * (mask if not squeeze else mask[None])
+    return dist[0] if squeeze else dist
+
+
 class BigramCounts:
     """How often each bigram occurs in a token stream (the training data), for Zoology's split of AR hits by
     the bigram's training-set frequency (rare bigrams are what separate architectures).

@@ -12,17 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelized.eval.ar_hit import BigramCounts, ar_hit_mask
+from kernelized.eval.ar_hit import BigramCounts, ar_hit_distance, ar_hit_mask
 
 #: AR hits split by how often their bigram occurs in the training stream: [lo, hi) count ranges.
 FREQUENCY_BUCKETS = ((0, 1), (1, 10), (10, 100), (100, None))
+#: AR hits split by how far back (in tokens) their bigram last occurred in the window: [lo, hi) ranges.
+DISTANCE_BUCKETS = ((1, 4), (4, 16), (16, 64), (64, 256), (256, None))
 
 
-def bucket_name(lo: int, hi: int | None) -> str:
-    """``train0``, ``train1-9``, ``train10-99``, ``train100+``."""
+def bucket_name(lo: int, hi: int | None, prefix: str = "train") -> str:
+    """``train0``, ``train1-9``, ``train10-99``, ``train100+`` (``prefix="dist"``: ``dist1-3``, ..., ``dist256+``)."""
     if hi is None:
-        return f"train{lo}+"
-    return f"train{lo}" if hi == lo + 1 else f"train{lo}-{hi - 1}"
+        return f"{prefix}{lo}+"
+    return f"{prefix}{lo}" if hi == lo + 1 else f"{prefix}{lo}-{hi - 1}"
 
 
 def make_lm_eval_fn(bigrams: BigramCounts | None = None, buckets=FREQUENCY_BUCKETS):
@@ -64,6 +66,12 @@ def lm_eval_fn(
         "ar_hit_fraction": (hit.sum(), valid.sum()),
         "accuracy": (correct.sum(), valid.sum()),
     }
+    distance = ar_hit_distance(stream, padding_mask=torch.cat([torch.zeros_like(valid[:, :1]), ~valid], 1))[:, 1:]
+    for lo, hi in DISTANCE_BUCKETS:  # AR hits by how far back their bigram occurred last (ReBased's recall slices)
+        sel = hit & (distance >= lo) & (distance < hi if hi is not None else True)
+        name = bucket_name(lo, hi, "dist")
+        out[f"ar_hit_loss_{name}"] = (nll[sel].sum(), sel.sum())
+        out[f"ar_hit_share_{name}"] = (sel.sum(), valid.sum())
     if bigrams is not None:
         seen = bigrams(stream)[:, 1:]  # training-set count of each target's bigram
         for lo, hi in buckets:
@@ -80,7 +88,10 @@ def perplexities(metrics: dict[str, float]) -> dict[str, float]:
     for loss, value in metrics.items():
         if loss == "loss" or (loss.endswith("_loss") or "_loss_" in loss) and loss != "train_loss":
             ppl = "ppl" if loss == "loss" else loss.replace("loss", "ppl")
-            out[ppl] = math.exp(value) if math.isfinite(value) and value < 700 else float("inf")
+            if math.isnan(value):  # an empty slice (no such targets): no perplexity, not an infinite one
+                out[ppl] = math.nan
+            else:
+                out[ppl] = math.exp(value) if math.isfinite(value) and value < 700 else float("inf")
     return out
 
 

@@ -40,14 +40,19 @@ from kernelized.data.cache import cache_path
 from kernelized.data.corpora import CorpusConfig, TokenWindows, load_corpus
 from kernelized.data.tokenizers import load_tokenizer
 from kernelized.eval.ar_hit import BigramCounts
-from kernelized.eval.perplexity import FREQUENCY_BUCKETS, bucket_name, make_lm_eval_fn, perplexities
+from kernelized.eval.perplexity import make_lm_eval_fn, perplexities
 from kernelized.experiments.framework import cli
 from kernelized.experiments.framework.grid import Run, config_hash, expand_grid
 from kernelized.experiments.framework.presets import load_preset
-from kernelized.experiments.framework.reduce import comparisons, reduce_runs
-from kernelized.experiments.framework.schema import ExperimentConfig, check_types, defaults_of, train_defaults
+from kernelized.experiments.framework.schema import (
+    ExperimentConfig,
+    check_types,
+    deep_update,
+    defaults_of,
+    train_defaults,
+)
 from kernelized.experiments.framework.sweep import finished, load_trained_run, other_runs
-from kernelized.experiments.framework.tables import markdown_table, status_section, with_ci_column, write_figure
+from kernelized.experiments.lm_report import BUCKETS, DISTANCES, per_kernel, write_report  # noqa: F401 (re-export)
 from kernelized.layers.mixers import attention_spec
 from kernelized.models import LanguageModel, ModelConfig
 from kernelized.models.generation import generate, incremental_logits
@@ -96,6 +101,9 @@ class LMSettings(ExperimentConfig):
     model: Model = field(default_factory=Model)
     train: dict = field(default_factory=train_defaults, metadata={"types": TrainConfig})
     generate: Generate = field(default_factory=Generate)
+    # named models: {label: {any of the fields above}} merged when ``kernel`` is the label; a label whose entry sets
+    # ``model.pattern`` names that model (e.g. a Based-style hybrid beside plain kernels in one ``kernel`` axis)
+    per_kernel: dict = field(default_factory=dict)
 
 
 DEFAULTS = defaults_of(LMSettings)
@@ -114,13 +122,26 @@ def pattern_kernel(model: dict) -> str:
 
 
 def resolve(config: dict) -> dict:
-    """Types checked, ``kernel`` named (the pattern's own when not set), the kernel name valid."""
+    """Types checked, ``per_kernel[kernel]`` merged (the section itself dropped, so a preset without one keeps its
+    run ids), ``kernel`` named (the pattern's own when not set), the kernel name valid."""
     check_types(config, LMSettings, "the preset")
+    named = config.pop("per_kernel", None) or {}
+    if config["kernel"] in named:
+        config = deep_update(config, named[config["kernel"]] or {})
+        check_types(config, LMSettings, f"per_kernel.{config['kernel']}")
     if config["kernel"] is None:
         config["kernel"] = pattern_kernel(config["model"])
-    elif config["kernel"] != pattern_kernel(config["model"]):
+    elif config["kernel"] != pattern_kernel(config["model"]) and config["kernel"] not in named:
         attention_spec(config["kernel"])
     return config
+
+
+def is_model_name(kernel: str) -> bool:
+    """A ``kernel`` value that names a whole model (a ``per_kernel`` label such as ``hybrid``, checked by
+    :func:`resolve`), not an attention: its pattern is used as it is."""
+    from kernelized.layers.mixers import attention_names
+
+    return kernel not in attention_names() and "+" not in kernel
 
 
 def model_config(config: dict, vocab_size: int) -> ModelConfig:
@@ -138,7 +159,7 @@ def model_config(config: dict, vocab_size: int) -> ModelConfig:
     pattern = m["pattern"]
     if not isinstance(pattern, list) or not pattern:
         raise ValueError(f"model.pattern must be a non-empty list of mixer specs, got {pattern!r}")
-    kernel = None if config["kernel"] == pattern_kernel(m) else config["kernel"]
+    kernel = None if config["kernel"] == pattern_kernel(m) or is_model_name(config["kernel"]) else config["kernel"]
     n_layers = int(m.get("n_layers") or len(pattern))
     mixers = [swap_kernel(copy.deepcopy(pattern[i % len(pattern)]), kernel, positions) for i in range(n_layers)]
     blocks = [{"mixer": spec, "mlp": m["mlp"], "mlp_hidden": m["mlp_hidden"]} for spec in mixers]
@@ -191,6 +212,16 @@ def _data(corpus_json: str, tokenizer: str, seq_len: int) -> dict:
     return data
 
 
+def test_windows(config: dict, tok) -> TokenWindows | None:
+    """The test split's windows of a corpus that has one (``ptb``), else None."""
+    if config["corpus"]["source"] != "ptb":
+        return None
+    from kernelized.data.corpora import iter_documents, tokenize_documents
+
+    cfg = CorpusConfig(**{**config["corpus"], "val_split": "test"})
+    return TokenWindows(tokenize_documents(iter_documents(cfg, "validation"), tok, cfg.val_tokens), config["seq_len"])
+
+
 def run_data(config: dict) -> dict:
     """The tokenizer, train/val windows and bigram counts of a run (shared by runs in one process)."""
     return _data(json.dumps(config["corpus"], sort_keys=True), config["tokenizer"], int(config["seq_len"]))
@@ -230,8 +261,12 @@ def run_one(config: dict, run_dir: Path) -> dict:
         decode_max_abs_diff=float((step_logits - full).abs().max()),
         eval_tokens=len(val_ds) * val_ds.seq_len,
     )
-    for name in BUCKETS:  # AR hits by how often their bigram occurs in the training tokens
+    for name in BUCKETS + DISTANCES:  # AR hits by their bigram's training count and by how far back it occurred
         row.update({k: metrics[k] for k in (f"ar_hit_ppl_{name}", f"ar_hit_share_{name}") if k in metrics})
+    test = test_windows(config, tok)
+    if test is not None:  # PTB: the test split too (reported, never used for any choice)
+        scores = perplexities(trainer.evaluate(test))
+        row.update({f"test_{k}": scores[k] for k in ("ppl", "ar_hit_ppl", "other_ppl", "loss")})
     write_text_atomic(_sample(model, tok, config["generate"], device, config["seed"]), run_dir / "sample.txt")
     write_json_atomic(row, run_dir / "eval.json")
     return row
@@ -285,114 +320,6 @@ def _sample(model, tok, gen: dict, device, seed: int) -> str:
         generator=g,
     )
     return tok.decode(out[0].tolist())
-
-
-# -- reports -----------------------------------------------------------------------------------
-METRICS = ["ppl", "ar_hit_ppl", "other_ppl"]
-BUCKETS = [bucket_name(lo, hi) for lo, hi in FREQUENCY_BUCKETS]
-RUN_COLUMNS = ["kernel", "seed", "params", "ppl", "ar_hit_ppl", "other_ppl", "ar_hit_fraction", "accuracy", "steps"]
-RUN_COLUMNS += ["train_time_s", "decode_state_growth_per_token", "decode_max_abs_diff"]
-
-
-def per_kernel(records: list[dict], order: list[str]) -> tuple[list[dict], list[dict]]:
-    """Mean ± 95% CI over seeds per kernel for each perplexity, and paired comparisons of every two kernels on
-    the seeds they share (lower is better)."""
-    table = {k: {"kernel": k} for k in order}
-    pairs = []
-    for metric in METRICS:
-        rows = reduce_runs(records, ["kernel"], metric=metric, lr_key=None, mode="min")
-        for row in with_ci_column(rows, metric):
-            table[row["kernel"]][metric] = row[metric]
-            table[row["kernel"]].setdefault("seeds", row["n"])  # of the first metric, perplexity
-        pairs += [{**c, "metric": metric} for c in comparisons(rows, "kernel", order)]
-    return [table[k] for k in order], pairs
-
-
-def _bucket_table(rows: list[dict]) -> list[str]:
-    if not any(f"ar_hit_ppl_{BUCKETS[0]}" in r for r in rows):
-        return []
-    cells = []
-    for r in rows:
-        cell = {"kernel": r["kernel"], "seed": r["seed"]}
-        for b in BUCKETS:
-            cell[b] = f"{r.get(f'ar_hit_ppl_{b}', math.nan):.3f} ({r.get(f'ar_hit_share_{b}', 0):.3f})"
-        cells.append(cell)
-    headers = ["kernel", "seed"] + [f"seen {b.removeprefix('train')}x" for b in BUCKETS]
-    return [
-        "## AR hits by the bigram's count in the training tokens",
-        "",
-        "Perplexity (share of all validation targets) of AR hits whose bigram occurs that many times in the "
-        "training tokens; Zoology: rare bigrams separate the architectures.",
-        "",
-        markdown_table(cells, ["kernel", "seed", *BUCKETS], headers),
-    ]
-
-
-def write_report(config: dict, name: str, records: list[dict], out: Path, ignored=()) -> str:
-    """report.md (per-kernel means with 95% CIs, paired comparisons, every run, AR hits by bigram count) and
-    ar_hit.png in ``out``; returns the per-kernel table."""
-    rows = [r["summary"] for r in finished(records)]
-    order = list(dict.fromkeys(r["config"]["kernel"] for r in records))
-    groups, pairs = per_kernel(records, order)
-    table = markdown_table(groups, ["kernel", "seeds", *METRICS], digits=3)
-    sig = markdown_table(
-        pairs,
-        ["metric", "a", "b", "n", "diff (95% bootstrap CI)", "p_ttest", "p_permutation", "verdict"],
-        ["metric", "a", "b", "seeds", "mean(a - b) [95% CI]", "p (paired t)", "p (sign-flip)", "verdict"],
-        digits=3,
-    )
-    figure_error = write_figure(draw_figure, out / "ar_hit.png", records, order, name)
-    lines = [
-        f"# LM preset `{name}`",
-        "",
-        status_section(records, ignored),
-        f"Corpus `{config['corpus']['source']}`, tokenizer `{config['tokenizer']}`, seq_len {config['seq_len']}. "
-        "Perplexity on the validation windows; AR hits are targets completing a bigram seen earlier in the same "
-        "window (Zoology), other = the rest. decode_max_abs_diff: max |logits| difference between "
-        "prefill+recurrent decoding and the full forward.",
-        "",
-        "## Per kernel: mean ± 95% CI over seeds",
-        "",
-        table,
-        f"({figure_error})" if figure_error else "![AR hits vs other tokens](ar_hit.png)",
-        "",
-        "## Paired differences (same seeds; lower perplexity is better, so `a < b` means a is better)",
-        "",
-        sig if pairs else "(fewer than two seeds shared by two kernels: no paired test)\n",
-        "## Every run",
-        "",
-        markdown_table(rows, RUN_COLUMNS) if rows else "(no finished run)\n",
-        *_bucket_table(rows),
-    ]
-    write_text_atomic("\n".join(lines) + "\n", out / "report.md")
-    return table
-
-
-def draw_figure(path: Path, records: list[dict], order: list[str], name: str) -> None:
-    """Bars: AR-hit and other-token perplexity per kernel, mean and 95% CI over seeds."""
-    import matplotlib.pyplot as plt
-
-    stats = {}
-    for key in ("ar_hit_ppl", "other_ppl"):
-        stats[key] = {r["kernel"]: r for r in reduce_runs(records, ["kernel"], key, lr_key=None, mode="min")}
-    kernels_ = [k for k in order if stats["ar_hit_ppl"].get(k, {}).get("n")]
-    if not kernels_:
-        raise ValueError("no finished run to draw")
-    fig, ax = plt.subplots(figsize=(2.4 + 1.2 * len(kernels_), 3.4))
-    for shift, key, label in ((-0.2, "ar_hit_ppl", "AR hits"), (0.2, "other_ppl", "other tokens")):
-        rows = [stats[key][k] for k in kernels_]
-        errs = [0.0 if math.isnan(r["half_width"]) else r["half_width"] for r in rows]
-        bars = ax.bar([x + shift for x in range(len(rows))], [r["mean"] for r in rows], 0.4, yerr=errs, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax.set_xticks(range(len(kernels_)), kernels_)
-    ax.set_ylabel("validation perplexity")
-    ax.legend(loc="upper center", ncols=2, fontsize=8)
-    n = max(stats["ar_hit_ppl"][k]["n"] for k in kernels_)
-    ax.set_title(f"lm/{name}: AR hits vs other tokens" + (f" (mean, 95% CI, {n} seeds)" if n > 1 else ""))
-    ax.margins(y=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
