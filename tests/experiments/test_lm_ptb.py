@@ -88,3 +88,13 @@ def test_a_preset_without_named_models_keeps_its_run_ids():
     assert [r.run_id for r in a] == [r.run_id for r in b] and "per_kernel" not in a[0].config
     with pytest.raises(ValueError, match="kernel must be one of"):
         expand_grid({**config, "kernel": "hybrid"}, always=("kernel", "seed"), resolve=lm.resolve)
+
+
+def test_the_ptb_preset_ranks_six_models_with_three_seeds(capsys):
+    assert lm.main(["--preset", "ptb-cpu", "--dry-run"]) == 0
+    runs = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  kernel=")]
+    kernels = {r.split("_seed=")[0].removeprefix("kernel=") for r in runs}
+    assert kernels == {"softmax", "rebased", "taylor", "gmm-prf", "elu", "hybrid"} and len(runs) == 18
+    config = load_preset("lm", "ptb-cpu", ["kernel=hybrid"], defaults=lm.DEFAULTS)
+    blocks = lm.model_config(lm.resolve(config), 10_000).blocks
+    assert [b["mixer"]["mixer"] for b in blocks] == ["baseconv", "kernel", "baseconv", "sliding_window"]
