@@ -174,12 +174,14 @@ def test_report_selects_lr_on_dev_reports_test_at_it_and_judges_competitiveness(
     for seed in range(3):
         records += [record("softmax", 1e-4, seed, 0.80 + 0.01 * seed, 0.70), record("softmax", 3e-4, seed, 0.70, 0.9)]
         records += [record("elu", 1e-4, seed, 0.795 + 0.01 * seed, 0.71 + 0.001 * seed)]
-        records += [record("performer", 1e-4, seed, 0.60 + 0.002 * seed, 0.60)]
+        records += [record("rebased", 1e-4, seed, 0.60 + 0.002 * seed, 0.60)]
     dev, test = glue_report.finetune_cells(records)
     soft_test = next(r for r in test if r["kernel"] == "softmax")
     assert soft_test["lr"] == 1e-4 and soft_test["mean"] == pytest.approx(0.70)  # not the 0.9 of the other lr
     verdicts = {c["kernel"]: c["competitive"] for c in glue_report.versus_softmax(dev, margin=0.02)}
-    assert verdicts == {"elu": "yes", "performer": "no"}
+    assert verdicts == {"elu": "yes", "rebased": "no"}
+    rows = glue_report._test_table(glue_report.versus_softmax(dev, 0.02), "dev", 0.02)
+    assert {r["kernel"]: r["verdict"] for r in rows}["rebased"] == "rebased < softmax"
     c = {"t_ci_low": -0.05, "t_ci_high": 0.01, "mean_diff": -0.02}
     assert glue_report.noninferiority(c, 0.02) == "undecided"
 

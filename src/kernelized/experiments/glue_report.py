@@ -132,7 +132,10 @@ def _test_table(tests: list[dict], split: str, margin: float) -> list[dict]:
             "95% t CI": f"[{100 * c['t_ci_low']:+.2f}, {100 * c['t_ci_high']:+.2f}]",
             "p (t)": c["p_ttest"],
             "p (Holm)": c["p_holm"],
-            "verdict": c["verdict"].replace("a", c["kernel"], 1).replace("b", "softmax"),
+            "verdict (p < 0.05, uncorrected)": {
+                "a > b": f"{c['kernel']} > softmax",
+                "a < b": f"{c['kernel']} < softmax",
+            }.get(c["verdict"], c["verdict"]),
             f"competitive (margin {100 * margin:g} pts)": c["competitive"],
         }
         for c in tests
@@ -195,6 +198,10 @@ def write_report(pretrain: list[dict], finetune: list[dict], out_dir: Path, name
     ]
     if average:
         parts += ["## GLUE average (dev, WNLI left out)", markdown_table(average, list(average[0]), digits=2)]
+    majority = sorted({(r["config"]["task"], r["summary"].get("dev_majority")) for r in _finished(finetune)
+                       if r["summary"].get("dev_majority") is not None})  # fmt: skip
+    if majority:
+        parts.insert(2, "Majority class of the dev split: " + ", ".join(f"{t} {100 * m:.1f} %" for t, m in majority))
     tables = "\n\n".join(parts)
     status = status_section(pretrain + finetune, [])
     figure = "![figure](figure.png)" if error is None else f"(figure not drawn: {error})"
