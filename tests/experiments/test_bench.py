@@ -219,3 +219,15 @@ def test_the_common_experiment_options(tmp_path, capsys):
     (out / "smoke.md").unlink()
     assert bench.main(["--preset", "smoke", "--out", str(out), "--report-only"]) == 0
     assert (out / "smoke.md").read_text() == report.markdown(result)
+
+
+def test_the_cost_of_float32_monomials_for_bf16_inputs_is_a_bench_case():
+    from kernelized.experiments.bench import load_config
+    from kernelized.experiments.bench.cases import build_cases
+
+    cases = {c.name: c for c in build_cases(load_config("smoke", []))}
+    fp32, bf16 = cases["rebased features (fp32 in)"], cases["rebased features (bf16 in, fp32 monomials)"]
+    fn, (x,) = bf16.make(8)
+    assert x.dtype == torch.bfloat16 and fn(x).dtype == torch.float32  # the degree-2 features are float32
+    fn, (x,) = fp32.make(8)
+    assert x.dtype == torch.float32 and fn(x).dtype == torch.float32

@@ -101,6 +101,17 @@ def _sdpa(x: Inputs) -> Maker:
     return make
 
 
+def _feature_map(x: Inputs, kernel: str, dtype: torch.dtype) -> Maker:
+    """The query feature map alone on ``[B, T, H, d]`` inputs of ``dtype``: what bf16 inputs cost now that ReBased's
+    degree-2 monomials are formed in float32 (issue 16), beside float32 inputs."""
+    fm = x.maps[kernel]
+
+    def make(T: int):
+        return fm.query, [x.rand(T, x.p["head_dim"]).to(dtype).requires_grad_()]
+
+    return make
+
+
 def build_cases(p: dict) -> list[Case]:
     """Every kernel x form of the preset, SDPA, and fla's functions when importable."""
     x = Inputs(p)
@@ -128,6 +139,10 @@ def build_cases(p: dict) -> list[Case]:
         Case("rebased parallel", "kernelized", "parallel", _linear(x, "rebased", "parallel"),
              lambda T: flops_quadratic(B, H, T, F, dv + 1), quad_max),
     ]  # fmt: skip
+    feature_flops = lambda T: 3.0 * B * T * H * F  # noqa: E731  (norm, affine, monomials: a few per output)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        label = "rebased features (bf16 in, fp32 monomials)" if name == "bf16" else "rebased features (fp32 in)"
+        cases.append(Case(label, "kernelized", "features", _feature_map(x, "rebased", dtype), feature_flops))
     if rec_max:
         cases.append(
             Case("rebased recurrent", "kernelized", "recurrent", _linear(x, "rebased", "recurrent"),
