@@ -181,7 +181,7 @@ def test_report_selects_lr_on_dev_reports_test_at_it_and_judges_competitiveness(
     verdicts = {c["kernel"]: c["competitive"] for c in glue_report.versus_softmax(dev, margin=0.02)}
     assert verdicts == {"elu": "yes", "rebased": "no"}
     rows = glue_report._test_table(glue_report.versus_softmax(dev, 0.02), "dev", 0.02)
-    assert {r["kernel"]: r["verdict"] for r in rows}["rebased"] == "rebased < softmax"
+    assert {r["kernel"]: r["verdict (p < 0.05, uncorrected)"] for r in rows}["rebased"] == "rebased < softmax"
     c = {"t_ci_low": -0.05, "t_ci_high": 0.01, "mean_diff": -0.02}
     assert glue_report.noninferiority(c, 0.02) == "undecided"
 
