@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from kernelized.data import corpora, mlm, penn_treebank
-from kernelized.data.fetch import verified_folder
+from kernelized.data import corpora, mlm
 from kernelized.data.wordpiece import WordPiece, train_wordpiece
 from kernelized.experiments.lra import mixer_spec
 from kernelized.layers.mixers import attention_spec
@@ -45,7 +44,7 @@ def corpus_lines(corpus: dict, split: str) -> list[str]:
     """The texts of ``split`` (``train``, ``val`` or ``test``; a local or hub corpus without a test split: [])."""
     source, limit = corpus["source"], corpus.get("max_lines")
     if source == "ptb":
-        lines = penn_treebank.read_splits(verified_folder("ptb"))["valid" if split == "val" else split]
+        lines = corpora.ptb_sentences("validation" if split == "val" else split)
         lines = [line.replace("<unk>", "[UNK]") for line in lines]
     else:
         spec = dict(WIKITEXT) if source == "wikitext-103" else {"source": source, "config": corpus.get("config")}
@@ -205,7 +204,6 @@ def run_pretrain(config: dict, run_dir: Path) -> dict:
         "held_out": scores,
         "vocab_size": tok.vocab_size,
         "train_windows": len(train) // p["mask_copies"],
-        "parameters": model.num_parameters(),
     }
 
 

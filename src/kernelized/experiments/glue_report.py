@@ -44,7 +44,7 @@ def pretrain_rows(records: list[dict]) -> list[dict]:
                 "steps": steps,
                 "steps/s": s.get("steps_per_s") or math.nan,
                 "minutes": s.get("wall_time_s", math.nan) / 60,
-                "parameters": s.get("parameters"),
+                "parameters": s.get("num_params"),
                 "peak RSS MB": s.get("peak_rss_mb"),
             }
         )

@@ -33,31 +33,34 @@ from kernelized.train.checkpoint import write_text_atomic
 
 BUILTIN = ("ptb_last_word", "ptb_last_word_gen")
 
-_LOGLIKELIHOOD = """task: ptb_last_word
-dataset_path: json
+_DATA = """dataset_path: json
 dataset_kwargs:
   data_files: {{test: {data}}}
 test_split: test
-output_type: loglikelihood
 doc_to_text: "{{{{context}}}}"
 doc_to_target: "{{{{' ' + target}}}}"
-metric_list:
+"""  # what both built-in tasks read: the jsonl of (context, last word)
+_LOGLIKELIHOOD = (
+    """task: ptb_last_word
+output_type: loglikelihood
+"""
+    + _DATA
+    + """metric_list:
   - {{metric: perplexity, aggregation: perplexity, higher_is_better: false}}
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
 """
-_GENERATE = """task: ptb_last_word_gen
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: {data}}}
-test_split: test
+)
+_GENERATE = (
+    """task: ptb_last_word_gen
 output_type: generate_until
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{' ' + target}}}}"
-generation_kwargs: {{until: ["\\n"], max_gen_toks: 16, do_sample: false}}
+"""
+    + _DATA
+    + """generation_kwargs: {{until: ["\\n"], max_gen_toks: 16, do_sample: false}}
 process_results: !function kernelized_ptb.first_word_match
 metric_list:
   - {{metric: exact_match, aggregation: mean, higher_is_better: true}}
 """
+)
 _UTILS = '''def first_word_match(doc, results):
     """1 when the first generated word is the sentence's last word (offline: no `evaluate` metric download)."""
     words = results[0].split()

@@ -129,13 +129,13 @@ class KernelizedForCausalLM(PreTrainedModel, GenerationMixin):
         layers in their chunk form) into a :class:`KernelizedCache`, then each call feeds only the new tokens through
         the state (recurrent form), which ``outputs.cache`` returns. ``attention_mask`` 0 marks padding; left
         padding is skipped by every mixer and moves the row's positions back, so a padded row decodes as alone."""
-        shift = None if attention_mask is None else left_padding(attention_mask)
         if cache is None and not use_cache:
             key_padding_mask = None if attention_mask is None else attention_mask == 0
+            shift = None if attention_mask is None else left_padding(attention_mask)
             logits = self.model(input_ids, key_padding_mask=key_padding_mask, position_shift=shift)
         else:
             cache = cache if cache is not None else KernelizedCache()
-            logits = self._step(input_ids, attention_mask, cache, shift)
+            logits = self._step(input_ids, attention_mask, cache)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -143,8 +143,11 @@ class KernelizedForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
-    def _step(self, input_ids, attention_mask, cache: KernelizedCache, shift) -> torch.Tensor:
-        if cache.state is None:  # the prompt, in one call
+    def _step(self, input_ids, attention_mask, cache: KernelizedCache) -> torch.Tensor:
+        """The prompt in one call (the rows' left padding measured once, kept in the cache), or the new tokens
+        through the state."""
+        if cache.state is None:
+            shift = None if attention_mask is None else left_padding(attention_mask)
             cache.left_padding = shift
             pad = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :] == 0
             pad = pad if pad is not None and bool(pad.any()) else None
