@@ -24,11 +24,11 @@ def _case(B=2, T=150, H=3, F=24, Dv=16, dtype=torch.float32):
     return [x.requires_grad_() for x in (q, k, v, S0, z0)]
 
 
-def _forward(leaves, normalize, chunk_size=64):
+def _forward(leaves, normalize, chunk_size=64, causal=True, key_padding_mask=None):
     q, k, v, S0, z0 = leaves
     o, (S, z) = ops.linear_attention(
         q, k, v, mode="chunk", chunk_size=chunk_size, normalize=normalize, initial_state=(S0, z0),
-        output_final_state=True,
+        output_final_state=True, causal=causal, key_padding_mask=key_padding_mask,
     )  # fmt: skip
     loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() + S.sin().sum() + z.cos().sum()
     return (o, S, z), loss
@@ -41,9 +41,9 @@ def _set_path(monkeypatch, path: str) -> None:
         monkeypatch.delenv("KERNELIZED_DISABLE_CPU_KERNELS", raising=False)
 
 
-def _results(leaves, normalize, monkeypatch, path):
+def _results(leaves, normalize, monkeypatch, path, **options):
     _set_path(monkeypatch, path)
-    outs, loss = _forward(leaves, normalize)
+    outs, loss = _forward(leaves, normalize, **options)
     _set_path(monkeypatch, "pytorch" if path == "compiled" else "compiled")  # backward follows its forward's path
     return (*[x.detach() for x in outs], *torch.autograd.grad(loss, leaves))
 
@@ -70,6 +70,61 @@ def test_compiled_path_matches_pytorch_path(dtype, normalize, threads, monkeypat
                 assert_close(f"{path}/{name}", r, g, ratio=tol)
     finally:
         torch.set_num_threads(before)
+
+
+def _padding(B: int, T: int) -> torch.Tensor:
+    """Row 0 padded at its end, row 1 at its start and in the middle (True = padding)."""
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[0, -T // 3 :] = True
+    mask[1, :5], mask[1, T // 2 : T // 2 + 3] = True, True
+    return mask
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bidirectional_compiled_path_matches_pytorch_path(dtype, normalize, padded, threads, monkeypatch, nan_poison):
+    """The non-causal kernel (bidirectional.cpp) against the float64 PyTorch reference: outputs, state and all
+    five gradients, with fused key padding, into NaN-poisoned buffers (every element must be written)."""
+    leaves = _case(dtype=dtype)
+    mask = _padding(2, 150) if padded else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref = _results([x.detach().double().requires_grad_() for x in leaves], normalize, monkeypatch, "pytorch",
+                       causal=False, key_padding_mask=mask)  # fmt: skip
+        tol = 1e-4 if dtype == torch.float32 else 1e-12  # float32: 3e-5 on dz0 (150 cancelling terms), else ~1e-7
+        got = _results(leaves, normalize, monkeypatch, "compiled", causal=False, key_padding_mask=mask)
+        for name, r, g in zip(NAMES, ref, got):
+            assert_close(name, r, g, ratio=tol)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+def test_bidirectional_compiled_path_is_taken_and_matches_the_parallel_form(monkeypatch):
+    """Strided features (the feature axis not unit-stride), padding and a gradient of ``o.sum()``: the kernel
+    (the reference is made to fail) against the quadratic parallel form in float64."""
+    from kernelized.ops.linear import bidirectional
+
+    B, T, H, F, Dv = 2, 90, 2, 12, 5
+    qt = (torch.rand(B, T, F, H) + 0.1).requires_grad_()
+    k = (torch.rand(B, T, H, F) + 0.1).requires_grad_()
+    v = torch.randn(B, T, H, Dv, requires_grad=True)
+    mask = _padding(B, T)
+    monkeypatch.setattr(bidirectional, "reference", lambda *a: pytest.fail("the PyTorch reference ran"))
+    o = ops.linear_attention(qt.transpose(2, 3), k, v, causal=False, key_padding_mask=mask)[0]
+    grads = torch.autograd.grad(o.sum(), (qt, k, v))
+    leaves64 = [x.detach().double().requires_grad_() for x in (qt, k, v)]
+    o64 = ops.linear_attention(
+        leaves64[0].transpose(2, 3), *leaves64[1:], causal=False, mode="parallel", key_padding_mask=mask
+    )[0]
+    assert_close("o", o64, o, ratio=1e-5)
+    for name, r, g in zip(["dq", "dk", "dv"], torch.autograd.grad(o64.sum(), leaves64), grads):
+        assert_close(name, r, g, ratio=1e-5)
+    assert grads[1][mask].abs().max() == 0 and grads[2][mask].abs().max() == 0  # padded keys get no gradient
 
 
 @needs_kernels

@@ -2,6 +2,7 @@
 system's C++ compiler (about a second) and called through ctypes. Used below the ops and the feature maps:
 
 - ``chunk.cpp``: causal chunked linear attention, forward and backward (``ops.linear_attention(mode="chunk")``);
+- ``bidirectional.cpp``: non-causal linear attention, forward and backward (``causal=False``, ``mode="chunk"``);
 - ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
@@ -32,7 +33,8 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCES = ("chunk.cpp", "features.cpp")
+SOURCES = ("chunk.cpp", "bidirectional.cpp", "features.cpp")
+HEADERS = ("gemm.h",)  # included by the sources: part of the cache key
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -69,7 +71,12 @@ def _build(compiler: str) -> Path:
     here = Path(__file__).parent
     paths = [here / name for name in SOURCES]
     key = hashlib.sha256()
-    for part in (*[p.read_bytes() for p in paths], " ".join(FLAGS).encode(), compiler.encode(), _cpu_id().encode()):
+    for part in (
+        *[(here / name).read_bytes() for name in (*SOURCES, *HEADERS)],
+        " ".join(FLAGS).encode(),
+        compiler.encode(),
+        _cpu_id().encode(),
+    ):
         key.update(part)
     cache = Path(os.environ.get("KERNELIZED_CACHE", Path.home() / ".cache" / "kernelized")) / "cpu"
     target = cache / f"kernels-{key.hexdigest()[:16]}.so"
@@ -99,10 +106,13 @@ def _torch_blas() -> dict[str, int]:
 
 
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
-_SIGNATURES = {  # see chunk.cpp and features.cpp; rows are (pointer, leading dimension) pairs
+_SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) pairs
     "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
     "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
                        _I, _I, _I, _I],
+    "bidirectional_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _L, _I, _I, _I, _D],
+    "bidirectional_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _L, _P, _L,
+                               _P, _L, _I, _I, _I],
     "monomials2_forward": [_P, _L, _I, _P, _P],
     "monomials2_backward": [_P, _P, _L, _I, _P, _P],
 }  # fmt: skip
@@ -140,6 +150,11 @@ def usable(*tensors: torch.Tensor) -> bool:
     if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
         return False
     return library() is not None
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, H, X]`` with unit-stride rows that BLAS can read (a copy only for odd layouts)."""
+    return x if x.stride(-1) == 1 and x.stride(1) >= x.shape[-1] and x.stride(1) > 0 else x.contiguous()
 
 
 def row_pointers(x: torch.Tensor):

@@ -9,38 +9,14 @@
 // Layout: all matrices are row-major; a row-major product is a column-major BLAS call with the operands
 // swapped. BLAS is the Fortran sgemm_/dgemm_ that torch's own library exports, passed in as a pointer.
 
-#include <algorithm>
-#include <cstring>
-#include <vector>
+#include "gemm.h"
 
 namespace {
 
-template <typename T>
-using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
-                      const int*, const T*, const int*, const T*, T*, const int*);
-
-// c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c, all row-major with leading dimensions lda, ldb, ldc.
-template <typename T>
-struct RowMajor {
-    Gemm<T> gemm;
-    void operator()(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, long lda, const T* b, long ldb,
-                    T beta, T* c, long ldc) const {
-        const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
-        const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
-        gemm(&cb, &ca, &n, &m, &k, &alpha, b, &lb, a, &la, &beta, c, &lc);
-    }
-};
-
-template <typename T>
-void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T
-    for (int i = 0; i < rows; ++i)
-        for (int j = 0; j < cols; ++j) out[static_cast<long>(j) * rows + i] = a[static_cast<long>(i) * cols + j];
-}
-
-template <typename T>
-void copy_rows(const T* a, long lda, int rows, int cols, T* out) {  // out [rows, cols] contiguous
-    for (int i = 0; i < rows; ++i) std::memcpy(out + static_cast<long>(i) * cols, a + i * lda, sizeof(T) * cols);
-}
+using kz::copy_rows;
+using kz::Gemm;
+using kz::RowMajor;
+using kz::transpose;
 
 // The in-chunk products are causal: query row i sees keys j <= i. Each is done as two gemms, rows [0, h) and
 // [h, C) with h = C/2, and the first skips keys [h, C), which it cannot see: a quarter of the in-chunk work,

@@ -7,6 +7,7 @@ import torch
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.ops import triton as _triton
 from kernelized.ops._validate import check_padding_mask, check_qkv
+from kernelized.ops.linear.bidirectional import bidirectional_linear_attention
 from kernelized.ops.linear.chunk import chunk_linear_attention
 from kernelized.ops.linear.naive import parallel_linear_attention
 from kernelized.ops.linear.recurrent import recurrent_linear_attention
@@ -72,6 +73,9 @@ def linear_attention(
     out_dtype = v.dtype
     acc = accumulation_dtype(q_feat, k_feat, v)
     q, k, v = (x.to(acc) for x in (q_feat, k_feat, v))
+    if mode == "chunk" and not causal:  # masks keys itself (the compiled kernel without a masked copy)
+        o, S, z = bidirectional_linear_attention(q, k, v, key_padding_mask, initial_state, eps if normalize else None)
+        return o.to(out_dtype), ((S, z) if output_final_state else None)
     if key_padding_mask is not None:
         keep = (~key_padding_mask).to(q.dtype)[:, :, None, None]
         k, v = k * keep, v * keep

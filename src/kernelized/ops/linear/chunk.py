@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelized import cpu as _cpu
+from kernelized.ops.linear.bidirectional import bidirectional_linear_attention
 
 BLOCK_BYTES = 2.5 * 2**20  # working set of one block of chunks (see the module docstring)
 
@@ -51,20 +52,12 @@ def chunk_linear_attention(
     Inputs as in ``naive.parallel_linear_attention``: q, k ``[B, T, H, F]``, v ``[B, T, H, Dv]`` (validated,
     masked, float32 or float64), initial_state ``(S, z)`` or None.
     """
-    B, T, H, Fd = q.shape
-    Dv = v.shape[-1]
+    if not causal:  # one state for every query
+        return bidirectional_linear_attention(q, k, v, None, initial_state, eps)
+    T, Dv = q.shape[1], v.shape[-1]
     S0 = None
     if initial_state is not None:
         S0 = torch.cat([initial_state[0], initial_state[1][..., None]], dim=-1)  # [B, H, F, Dv + 1]
-
-    if not causal:
-        v1 = torch.cat([v, v.new_ones(B, T, H, 1)], dim=-1)  # [B, T, H, Dv + 1]: last column gives the normaliser
-        S = torch.einsum("bthf,bthd->bhfd", k, v1)
-        if S0 is not None:
-            S = S + S0
-        out = torch.einsum("bthf,bhfd->bthd", q, S)
-        o = out[..., :Dv] if eps is None else out[..., :Dv] / (out[..., Dv:] + eps)
-        return o, S[..., :Dv], S[..., Dv]
 
     C = min(chunk_size, T)
     pad = -T % C
@@ -259,18 +252,13 @@ class _CausalChunk(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------- compiled path
 
 
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x [B, T, H, X]`` with unit-stride rows that BLAS can read (a copy only for odd layouts)."""
-    return x if x.stride(-1) == 1 and x.stride(1) >= x.shape[-1] and x.stride(1) > 0 else x.contiguous()
-
-
 def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states, scores, norm) -> None:
     """``_causal_forward`` by the compiled kernel, one (batch, head) sequence per call, into the given outputs."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
     lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
     fn, gemm = lib.chunk_forward[key], lib.gemm[key]
-    q_, k_, v_, o_ = (_cpu.row_pointers(x) for x in (_unit_rows(q), _unit_rows(k), _unit_rows(v), o))
+    q_, k_, v_, o_ = (_cpu.row_pointers(x) for x in (_cpu.unit_rows(q), _cpu.unit_rows(k), _cpu.unit_rows(v), o))
     S0_, Sf_, states_, scores_, norm_ = (_cpu.block_pointers(x) for x in (S0, S_final, states, scores, norm))
     normalize, eps = int(eps is not None), 0.0 if eps is None else eps
 
@@ -292,7 +280,7 @@ def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, e
     fn, gemm = lib.chunk_backward[key], lib.gemm[key]
     dS_final = None if dS_final is None else dS_final.contiguous()
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
-    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_unit_rows(x)) for x in (q, k, v, do, o))
+    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
     dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
     states_, scores_, norm_, dSf_, dS0_ = (_cpu.block_pointers(x) for x in (states, scores, norm, dS_final, dS0))
     normalize = int(eps is not None)

@@ -1,0 +1,114 @@
+// Bidirectional (non-causal) linear attention for one (batch, head) sequence on the CPU: forward and backward.
+//
+// The same products as kernelized/ops/linear/bidirectional.py's reference: the state S = k^T [v, 1] ([F, Dv+1],
+// the last column the normaliser's z) and the output [numerator | normaliser] = q S, each one BLAS gemm on the
+// caller's strided rows, so q and k ([B, T, H, F], often hundreds of features) are read in place, never
+// permuted or copied. Key padding is fused: the padded keys' rows of [v, 1] are zero (what zeroing their
+// features does), so the features need no masked copy either. Useful work 4 T F (Dv+1) forward, twice that
+// backward; everything else is O(T (F + Dv)).
+
+#include "gemm.h"
+
+namespace {
+
+using kz::RowMajor;
+
+// V1 [L, Dv+1] = [keep * v, keep] (keep 1 where it is null).
+template <typename T>
+void values_with_ones(const T* v, long ldv, const T* keep, long L, int Dv, T* V1) {
+    const int D1 = Dv + 1;
+    for (long t = 0; t < L; ++t) {
+        const T w = keep ? keep[t] : T(1);
+        T* row = V1 + t * D1;
+        for (int d = 0; d < Dv; ++d) row[d] = w * v[t * ldv + d];
+        row[Dv] = w;
+    }
+}
+
+// q, k rows of F features (leading dims ldq, ldk), v rows of Dv (ldv), keep [L] (1 = key, 0 = padding) or null,
+// S0 [F, Dv+1] or null. Writes S [F, Dv+1] (S0 + k^T [v, 1], kept for backward), o rows (ldo): numerator /
+// (normaliser + eps) if normalize, else the numerator; and, if norm is not null, the normaliser + eps [L].
+template <typename T>
+void forward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,
+             const T* S0, T* o, long ldo, T* S, T* norm, long L, int F, int Dv, int normalize, T eps) {
+    const RowMajor<T> mm{gemm};
+    const int D1 = Dv + 1;
+    std::vector<T> V1(static_cast<size_t>(L) * D1), Y(static_cast<size_t>(L) * D1);
+    values_with_ones(v, ldv, keep, L, Dv, V1.data());
+    if (S0) std::memcpy(S, S0, sizeof(T) * F * D1);
+    mm(true, false, F, D1, static_cast<int>(L), 1, k, ldk, V1.data(), D1, S0 ? 1 : 0, S, D1);  // S = k^T [v, 1]
+    mm(false, false, static_cast<int>(L), D1, F, 1, q, ldq, S, D1, 0, Y.data(), D1);         // Y = q S
+    for (long t = 0; t < L; ++t) {
+        const T* y = Y.data() + t * D1;
+        T* ot = o + t * ldo;
+        if (normalize) {
+            const T den = y[Dv] + eps, inv = T(1) / den;
+            for (int d = 0; d < Dv; ++d) ot[d] = y[d] * inv;
+            if (norm) norm[t] = den;
+        } else {
+            std::memcpy(ot, y, sizeof(T) * Dv);
+        }
+    }
+}
+
+// Gradients of forward: do rows (lddo), o the forward's output rows (ldo; read when normalize), S and norm as
+// forward wrote them, dS_final [F, Dv+1] or null. Writes dq, dk, dv rows (lddq, lddk, lddv) and, if dS0 is not
+// null, the initial state's gradient [F, Dv+1]. With dy = d[numerator | normaliser] and G = dS_final + q^T dy:
+//   dq = dy S^T,   dk = [v, 1] G^T,   dv = k G[:, :Dv]   (padded keys' rows of dk, dv zero through keep).
+template <typename T>
+void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,
+              const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm, const T* dS_final, T* dq,
+              long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize) {
+    const RowMajor<T> mm{gemm};
+    const int D1 = Dv + 1, n = static_cast<int>(L);
+    std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0));
+    for (long t = 0; t < L; ++t) {  // o = num / den: dnum = do / den, dden = -(do . o) / den
+        const T* g = d_o + t * lddo;
+        T* y = dy.data() + t * D1;
+        if (normalize) {
+            const T* ot = o + t * ldo;
+            const T inv = T(1) / norm[t];
+            T dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < Dv; ++d) dot += g[d] * ot[d];
+            for (int d = 0; d < Dv; ++d) y[d] = g[d] * inv;
+            y[Dv] = -dot * inv;
+        } else {
+            std::memcpy(y, g, sizeof(T) * Dv);
+            y[Dv] = 0;
+        }
+    }
+    if (dS_final) std::memcpy(G.data(), dS_final, sizeof(T) * F * D1);
+    mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);                      // dq = dy S^T
+    mm(true, false, F, D1, n, 1, q, ldq, dy.data(), D1, dS_final ? 1 : 0, G.data(), D1);  // G += q^T dy
+    std::vector<T>& V1 = dy;  // dy is spent: its buffer takes [keep v, keep]
+    values_with_ones(v, ldv, keep, L, Dv, V1.data());
+    mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, dk, lddk);  // dk = [v, 1] G^T
+    mm(false, false, n, Dv, F, 1, k, ldk, G.data(), D1, 0, dv, lddv);        // dv = k G[:, :Dv]
+    if (keep)
+        for (long t = 0; t < L; ++t)
+            if (keep[t] != T(1))
+                for (int d = 0; d < Dv; ++d) dv[t * lddv + d] *= keep[t];
+    if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
+}
+
+}  // namespace
+
+#define KZ_EXPORT(T, suffix)                                                                                  \
+    extern "C" void bidirectional_forward_##suffix(void* gemm, const T* q, long ldq, const T* k, long ldk,    \
+                                                   const T* v, long ldv, const T* keep, const T* S0, T* o,    \
+                                                   long ldo, T* S, T* norm, long L, int F, int Dv,            \
+                                                   int normalize, double eps) {                               \
+        forward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, S0, o, ldo, S, norm, L, \
+                   F, Dv, normalize, static_cast<T>(eps));                                                    \
+    }                                                                                                         \
+    extern "C" void bidirectional_backward_##suffix(                                                          \
+        void* gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,          \
+        const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm, const T* dS_final, T* dq,   \
+        long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize) {        \
+        backward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, d_o, lddo, o, ldo, S,  \
+                    norm, dS_final, dq, lddq, dk, lddk, dv, lddv, dS0, L, F, Dv, normalize);                  \
+    }
+
+KZ_EXPORT(float, f32)
+KZ_EXPORT(double, f64)

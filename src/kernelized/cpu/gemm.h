@@ -1,0 +1,39 @@
+// What the kernels share: the row-major gemm on torch's BLAS pointer and two copies. Header-only, included by
+// every source of the library (kernelized/cpu/__init__.py hashes it with them).
+
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace kz {
+
+template <typename T>
+using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                      const int*, const T*, const int*, const T*, T*, const int*);
+
+// c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c, all row-major with leading dimensions lda, ldb, ldc.
+template <typename T>
+struct RowMajor {
+    Gemm<T> gemm;
+    void operator()(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, long lda, const T* b, long ldb,
+                    T beta, T* c, long ldc) const {
+        const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+        const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+        gemm(&cb, &ca, &n, &m, &k, &alpha, b, &lb, a, &la, &beta, c, &lc);
+    }
+};
+
+template <typename T>
+void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) out[static_cast<long>(j) * rows + i] = a[static_cast<long>(i) * cols + j];
+}
+
+template <typename T>
+void copy_rows(const T* a, long lda, int rows, int cols, T* out) {  // out [rows, cols] contiguous
+    for (int i = 0; i < rows; ++i) std::memcpy(out + static_cast<long>(i) * cols, a + i * lda, sizeof(T) * cols);
+}
+
+}  // namespace kz
