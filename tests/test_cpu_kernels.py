@@ -224,19 +224,28 @@ def test_compiled_monomial_features_match_the_torch_reference(d, dtype):
     an input that is not contiguous."""
     from kernelized.kernels.polynomial import _sliced_monomial_features, monomial_features
 
+    from kernelized.kernels.polynomial import taylor_features, taylor_reference
+
     x = torch.randn(3, 7, d, 2, dtype=dtype).transpose(-1, -2).requires_grad_()  # [3, 7, 2, d], strided
-    out, ref = monomial_features(x, 2), _sliced_monomial_features(x, 2)
     tol = 1e-6 if dtype == torch.float32 else 1e-14
-    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
-    g = torch.randn_like(ref)
-    (dx,), (dref,) = torch.autograd.grad(out, x, g), torch.autograd.grad(ref, x, g)
-    torch.testing.assert_close(dx, dref, rtol=10 * tol, atol=10 * tol)
+    pairs = {  # the scale folded into the coefficients; Based's [1, c1 x, c2 phi_2(x)] written into one buffer
+        "monomials": (monomial_features(x, 2), _sliced_monomial_features(x, 2)),
+        "scaled": (monomial_features(x, 2, 0.3), _sliced_monomial_features(x, 2) * 0.3),
+        "taylor": (taylor_features(x, 0.7, 0.2), taylor_reference(x, 0.7, 0.2)),
+    }
+    assert pairs["taylor"][0].shape[-1] == 1 + d + d * (d + 1) // 2
+    for name, (out, ref) in pairs.items():
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol, msg=name)
+        g = torch.randn_like(ref)
+        (dx,), (dref,) = torch.autograd.grad(out, x, g), torch.autograd.grad(ref, x, g)
+        torch.testing.assert_close(dx, dref, rtol=10 * tol, atol=10 * tol, msg=name)
 
 
 @needs_kernels
 def test_compiled_monomial_features_gradcheck_and_double_backward():
-    from kernelized.kernels.polynomial import monomial_features
+    from kernelized.kernels.polynomial import monomial_features, taylor_features
 
     x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: monomial_features(t, 2), (x,))
-    assert torch.autograd.gradgradcheck(lambda t: monomial_features(t, 2), (x,))  # via the reference
+    for fn in (lambda t: monomial_features(t, 2, 0.5), lambda t: taylor_features(t, 0.7, 0.2)):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))  # via the reference

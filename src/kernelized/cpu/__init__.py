@@ -113,8 +113,8 @@ _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) p
     "bidirectional_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _L, _I, _I, _I, _D],
     "bidirectional_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _L, _P, _L,
                                _P, _L, _I, _I, _I],
-    "monomials2_forward": [_P, _L, _I, _P, _P],
-    "monomials2_backward": [_P, _P, _L, _I, _P, _P],
+    "monomials2_forward": [_P, _L, _I, _P, _P, _L],
+    "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
 }  # fmt: skip
 
 

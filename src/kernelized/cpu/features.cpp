@@ -5,13 +5,13 @@
 
 namespace {
 
-// x [n, d] rows, coef [m], out [n, m] with m = d (d + 1) / 2.
+// x [n, d] rows, coef [m], out rows of m = d (d + 1) / 2 with leading dimension ldo >= m (a slice of wider
+// feature rows, e.g. Based's [1, x, phi_2(x)], is written in place).
 template <typename T>
-void forward(const T* x, long n, int d, const T* coef, T* out) {
-    const int m = d * (d + 1) / 2;
+void forward(const T* x, long n, int d, const T* coef, T* out, long ldo) {
     for (long r = 0; r < n; ++r) {
         const T* xr = x + r * d;
-        T* o = out + r * m;
+        T* o = out + r * ldo;
         const T* c = coef;
         for (int i = 0; i < d; ++i) {
             const T xi = xr[i];
@@ -20,12 +20,12 @@ void forward(const T* x, long n, int d, const T* coef, T* out) {
     }
 }
 
-// dx [n, d] = d<g, phi(x)>/dx: each product x_i x_j sends c_ij g_ij x_j to dx_i and c_ij g_ij x_i to dx_j.
+// dx [n, d] = d<g, phi(x)>/dx for g rows of m (leading dimension ldg): each product x_i x_j sends c_ij g_ij x_j
+// to dx_i and c_ij g_ij x_i to dx_j.
 template <typename T>
-void backward(const T* x, const T* g, long n, int d, const T* coef, T* dx) {
-    const int m = d * (d + 1) / 2;
+void backward(const T* x, const T* g, long ldg, long n, int d, const T* coef, T* dx) {
     for (long r = 0; r < n; ++r) {
-        const T *xr = x + r * d, *gr = g + r * m, *c = coef;
+        const T *xr = x + r * d, *gr = g + r * ldg, *c = coef;
         T* dr = dx + r * d;
         for (int i = 0; i < d; ++i) dr[i] = 0;
         for (int i = 0; i < d; ++i) {
@@ -44,12 +44,13 @@ void backward(const T* x, const T* g, long n, int d, const T* coef, T* dx) {
 }  // namespace
 
 #define KZ_EXPORT_FEATURES(T, suffix)                                                                 \
-    extern "C" void monomials2_forward_##suffix(const T* x, long n, int d, const T* coef, T* out) {  \
-        forward<T>(x, n, d, coef, out);                                                               \
+    extern "C" void monomials2_forward_##suffix(const T* x, long n, int d, const T* coef, T* out,     \
+                                                long ldo) {                                          \
+        forward<T>(x, n, d, coef, out, ldo);                                                          \
     }                                                                                                 \
-    extern "C" void monomials2_backward_##suffix(const T* x, const T* g, long n, int d, const T* coef, \
-                                                 T* dx) {                                            \
-        backward<T>(x, g, n, d, coef, dx);                                                            \
+    extern "C" void monomials2_backward_##suffix(const T* x, const T* g, long ldg, long n, int d,     \
+                                                 const T* coef, T* dx) {                             \
+        backward<T>(x, g, ldg, n, d, coef, dx);                                                       \
     }
 
 KZ_EXPORT_FEATURES(float, f32)

@@ -60,6 +60,10 @@ class FeatureMap(nn.Module):
         """Key features: ``[..., H, d] -> [..., H, F]``."""
         return self.features(self.check_input(x, "k"), role="key")
 
+    def query_key(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(query(q), key(k))``; random maps compute their draw's frequencies once for both."""
+        return self.query(q), self.key(k)
+
     def forward(self, x: torch.Tensor, role: str = "query") -> torch.Tensor:
         return self.query(x) if role == "query" else self.key(x)
 

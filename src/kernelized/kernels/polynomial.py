@@ -32,8 +32,9 @@ def _coefficients(dim: int, degree: int) -> torch.Tensor:
     return torch.tensor(coef, dtype=torch.float64)
 
 
-def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """Compact degree-p features of ``x [..., d]``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> = (x.y)^p``.
+def monomial_features(x: torch.Tensor, degree: int, scale: float = 1.0) -> torch.Tensor:
+    """Compact degree-p features of ``x [..., d]`` times ``scale``: ``[..., C(d+p-1, p)]`` with ``<phi(x), phi(y)> =
+    scale^2 (x.y)^p`` (the scale rides on the coefficients: no extra pass over the features).
 
     Built degree by degree in the order of ``_coefficients``: the degree-p products starting with index i are
     ``x_i`` times the degree-(p-1) products of indices >= i, which are a suffix of the degree-(p-1) list. This
@@ -41,51 +42,83 @@ def monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     and backward (its backward is an accumulating index_put).
     """
     if degree == 0:
-        return x.new_ones(*x.shape[:-1], 1)
+        return x.new_full((*x.shape[:-1], 1), scale)
     if degree == 2 and _cpu.usable(x):  # ReBased's and Based's quadratic part: one compiled pass per row
-        return _CompiledMonomials2.apply(x)
-    return _sliced_monomial_features(x, degree)
+        return _CompiledQuadratic.apply(x, scale, None)
+    return _sliced_monomial_features(x, degree, scale)
 
 
-def _sliced_monomial_features(x: torch.Tensor, degree: int) -> torch.Tensor:
+def taylor_features(x: torch.Tensor, linear: float, quadratic: float) -> torch.Tensor:
+    """Based's ``[1, linear * x, quadratic * phi_2(x)]``: ``x [..., d] -> [..., 1 + d + d(d+1)/2]``, written once."""
+    if _cpu.usable(x):
+        return _CompiledQuadratic.apply(x, quadratic, linear)
+    return taylor_reference(x, linear, quadratic)
+
+
+def _sliced_monomial_features(x: torch.Tensor, degree: int, scale: float = 1.0) -> torch.Tensor:
     """``monomial_features`` in torch ops (the reference, and the path for other degrees and devices)."""
     d = x.shape[-1]
     feats = x
     for p in range(2, degree + 1):
         n = feats.shape[-1]
         feats = torch.cat([x[..., i : i + 1] * feats[..., n - num_monomials(d - i, p - 1) :] for i in range(d)], -1)
-    return feats * _coefficients(d, degree).to(device=x.device, dtype=x.dtype)
+    return feats * (scale * _coefficients(d, degree)).to(device=x.device, dtype=x.dtype)
 
 
-class _CompiledMonomials2(torch.autograd.Function):
-    """Degree-2 ``monomial_features`` by the compiled CPU kernel (``kernelized/cpu/features.cpp``): the same
-    values in the same order, one pass over the rows on the calling thread (the pass is memory-bound and a few
-    milliseconds long; handing it to worker threads and back made a training step slower). A backward that must
-    itself be differentiable (``create_graph=True``) goes through the torch-op reference instead."""
+class _CompiledQuadratic(torch.autograd.Function):
+    """``scale * phi_2(x)`` (``linear`` None) or Based's ``[1, linear * x, scale * phi_2(x)]`` by the compiled CPU
+    kernel (``kernelized/cpu/features.cpp``), which writes the monomials straight into their slice of the output:
+    the same values in the same order as the torch-op reference, one pass over the rows on the calling thread (the
+    pass is memory-bound and a few milliseconds long; handing it to worker threads and back made a training step
+    slower). A backward that must itself be differentiable (``create_graph=True``) goes through the reference."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, scale: float, linear: float | None) -> torch.Tensor:
         d = x.shape[-1]
         xc = x.contiguous()
-        coef = _coefficients(d, 2).to(x.dtype)
-        out = x.new_empty(*x.shape[:-1], coef.numel())
+        coef = (scale * _coefficients(d, 2)).to(x.dtype)
+        start = 0 if linear is None else 1 + d  # where the monomials begin in each row
+        out = x.new_empty(*x.shape[:-1], start + coef.numel())
+        if linear is not None:
+            out[..., 0] = 1.0
+            torch.mul(x, linear, out=out[..., 1:start])
         fn = _cpu.library().monomials2_forward[_cpu.DTYPES[x.dtype]]
-        fn(xc.data_ptr(), xc.numel() // d, d, coef.data_ptr(), out.data_ptr())
+        fn(
+            xc.data_ptr(),
+            xc.numel() // d,
+            d,
+            coef.data_ptr(),
+            out.data_ptr() + start * out.element_size(),
+            out.shape[-1],
+        )
         ctx.save_for_backward(x)
+        ctx.scale, ctx.linear = scale, linear
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
+        scale, linear = ctx.scale, ctx.linear
         if torch.is_grad_enabled():  # double backward: differentiate the torch-op reference
-            return torch.autograd.grad(_sliced_monomial_features(x, 2), x, grad, create_graph=True)[0]
+            ref = _sliced_monomial_features(x, 2, scale) if linear is None else taylor_reference(x, linear, scale)
+            return torch.autograd.grad(ref, x, grad, create_graph=True)[0], None, None
         d = x.shape[-1]
         xc, g = x.contiguous(), grad.contiguous()
-        coef = _coefficients(d, 2).to(x.dtype)
+        coef = (scale * _coefficients(d, 2)).to(x.dtype)
+        start = 0 if linear is None else 1 + d
         dx = torch.empty_like(xc)
         fn = _cpu.library().monomials2_backward[_cpu.DTYPES[x.dtype]]
-        fn(xc.data_ptr(), g.data_ptr(), xc.numel() // d, d, coef.data_ptr(), dx.data_ptr())
-        return dx
+        fn(xc.data_ptr(), g.data_ptr() + start * g.element_size(), g.shape[-1], xc.numel() // d, d, coef.data_ptr(),
+           dx.data_ptr())  # fmt: skip
+        if linear is not None:
+            dx.add_(g[..., 1:start], alpha=linear)
+        return dx, None, None
+
+
+def taylor_reference(x: torch.Tensor, linear: float, quadratic: float) -> torch.Tensor:
+    """:func:`taylor_features` in torch ops."""
+    parts = [x.new_ones(*x.shape[:-1], 1), x * linear, _sliced_monomial_features(x, 2, quadratic)]
+    return torch.cat(parts, dim=-1)
 
 
 def num_monomials(dim: int, degree: int) -> int:
@@ -111,9 +144,7 @@ class TaylorFeatureMap(FeatureMap):
 
     def features(self, x: torch.Tensor, role: str) -> torch.Tensor:
         d = self.head_dim
-        return torch.cat(
-            [x.new_ones(*x.shape[:-1], 1), x * d**-0.25, monomial_features(x, 2) * (2 * d) ** -0.5], dim=-1
-        )
+        return taylor_features(x, d**-0.25, (2 * d) ** -0.5)
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         s = (q * k).sum(-1) * self.head_dim**-0.5
@@ -200,7 +231,7 @@ class PolynomialFeatureMap(FeatureMap):
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
         x = self._transform(x, "q" if role == "query" else "k")
-        return monomial_features(x, self.degree) * self.head_dim ** (-self.degree / 4)
+        return monomial_features(x, self.degree, self.head_dim ** (-self.degree / 4))
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         s = (self.project_query(q) * self.project_key(k)).sum(-1) * self.head_dim**-0.5

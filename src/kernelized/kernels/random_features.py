@@ -48,12 +48,14 @@ spectrum is beyond what float32 features can represent without a data-dependent 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.kernels.base import FeatureMap
+from kernelized.kernels.feature_ops import exp_features, trig_features
 from kernelized.kernels.registry import register
 
 #: log of the largest key feature the PRF stabiliser allows (see the module docstring).
@@ -170,7 +172,10 @@ class RandomFeatureMap(FeatureMap):
 
     Subclasses define :meth:`draw` (noise tensors from a generator), :meth:`frequencies` (omega ``[H, M, d]``
     from the noise and the learned parameters) and :meth:`kernel`; they may override :meth:`weights` (the
-    per-frequency ``a_m^2``, default 1/M) and :meth:`project` (``x~ . omega``, e.g. FastFood's fast transform).
+    per-frequency ``a_m^2``, default 1/M) and :meth:`project` (``x~ . omega``, e.g. FastFood's fast transform,
+    which builds its frequencies). Features always project with the dense ``[H, M, d]`` frequencies, computed once
+    per call (:meth:`query_key`, :meth:`spectrum`): at attention's head sizes (d <= 128) one small gemm per token
+    costs less than a fast transform's log2(d) elementwise passes over ``[..., H, M]``.
     Subclasses call :meth:`_init_draws` at the end of ``__init__``.
 
     Args:
@@ -331,28 +336,53 @@ class RandomFeatureMap(FeatureMap):
     def features(self, x: torch.Tensor, role: str, noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``[..., H, d] -> [..., H, F]`` in x's dtype; computed in float32 at least (and outside autocast), because
         cos/sin/exp of half-precision arguments lose the absolute precision the estimate needs."""
-        noise = self.current_noise() if noise is None else noise
+        with torch.autocast(x.device.type, enabled=False):  # frequencies from matmuls too: never in half precision
+            omega, weight = self.spectrum(self.current_noise() if noise is None else noise)
+        return self._features(x, role, omega, weight)
+
+    def query_key(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both roles' features from one computation of the current draw's frequencies and weights."""
+        with torch.autocast(q.device.type, enabled=False):
+            omega, weight = self.spectrum(self.current_noise())
+        q, k = self.check_input(q, "q"), self.check_input(k, "k")
+        return self._features(q, "query", omega, weight), self._features(k, "key", omega, weight)
+
+    def spectrum(self, noise: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frequencies ``[H, M, d]`` and weights ``[H, M]`` of a draw. In evaluation mode without autograd they
+        are computed once per set of parameters, buffers and draw, and reused until one of them changes (an
+        optimiser step, ``load_state_dict``, a new draw, a move to another device or dtype)."""
+        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return self.frequencies(noise), self.weights(noise)
+        state = itertools.chain(noise.values(), self.parameters(), self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in state)
+        cached = self.__dict__.get("_spectrum_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                self.__dict__["_spectrum_cache"] = cached = (key, self.frequencies(noise), self.weights(noise))
+        return cached[1], cached[2]
+
+    def _features(self, x: torch.Tensor, role: str, omega: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-            x = x * self.input_scale
-            u = self.project(x, noise)
-            w = self.weights(noise)
+            shift = self._key_shift(omega, weight) if self.stabilize and role != "query" else None
+            u = head_matmul(x, omega.to(x.dtype) * self.input_scale)  # (s x) . w = x . (s w): scale the small operand
             if self.estimator == "rks":
-                return rks_features(u, w, self.smoothing).to(dtype)
-            a = prf_exponents(u, (x * x).sum(-1, keepdim=True), w, self.norm_offset, self.hyperbolic)
-            if self.stabilize:
-                if role == "query":
-                    a = a - a.amax(-1, keepdim=True).detach()
-                else:
-                    a = a - self.key_shift(noise).to(a.dtype).unsqueeze(-1)
-            return torch.exp(a).to(dtype)
+                return trig_features(u, weight.sqrt(), self.smoothing).to(dtype)
+            sq_norm = (x * x).sum(-1, keepdim=True) * self.input_scale**2
+            log_amp = 0.5 * torch.log(weight) - (0.5 * math.log(2.0) if self.hyperbolic else 0.0)
+            feats = exp_features(u, sq_norm, log_amp, self.norm_offset, self.hyperbolic, shift,
+                                 query_max=self.stabilize and role == "query")  # fmt: skip
+            return feats.to(dtype)
 
     @torch.no_grad()
     def key_shift(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
         """The stabiliser's per-head key constant ``b_h`` ``[H]`` (see the module docstring)."""
-        omega = self.frequencies(noise)
-        bound = (omega * omega).sum(-1) / (4 * self.norm_offset) + 0.5 * torch.log(self.weights(noise))
+        return self._key_shift(*self.spectrum(noise))
+
+    @torch.no_grad()
+    def _key_shift(self, omega: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        bound = (omega * omega).sum(-1) / (4 * self.norm_offset) + 0.5 * torch.log(weight.to(omega.dtype))
         return (bound.amax(-1) - KEY_LOG_BOUND).clamp_min(0.0)
 
     def estimate(self, q: torch.Tensor, k: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

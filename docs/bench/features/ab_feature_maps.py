@@ -1,0 +1,113 @@
+"""Before and after: every feature map's query + key features at the LRA shape, at two git revisions.
+
+Each revision's package runs in its own process (``git worktree`` of the revision, ``PYTHONPATH`` to its ``src``),
+rounds alternate between the revisions so machine noise hits both alike, and the median over rounds is printed
+with the op's forward + backward time on the same features beside it (the target: features no dearer than the op).
+Shape: B 8, T 1024, 4 heads, q/k head size 32, Dv 32, fp32, train mode, 2 torch threads.
+
+    .venv/bin/python docs/bench/features/ab_feature_maps.py BEFORE AFTER > docs/bench/features/ab_feature_maps.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+B, T, H, D, DV = 8, 1024, 4, 32, 32
+
+
+def time_kernel(name: str, gen) -> dict[str, float]:
+    """{forward, forward+backward, op} seconds (medians of 5 after 2 warm-ups) of one kernel's features."""
+    import torch
+
+    from kernelized import kernels, ops
+    from kernelized.experiments.bench import measure
+
+    torch.manual_seed(0)
+    fm = kernels.build(name, head_dim=D, num_heads=H).train()
+    q, k = (torch.randn(B, T, H, D, generator=gen).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, DV, generator=gen).requires_grad_()
+    params = [p for p in fm.parameters() if p.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            fm.on_forward()
+            return fm.query(q), fm.key(k)
+
+    def fwd_bwd():
+        fm.on_forward()
+        qf, kf = fm.query(q), fm.key(k)
+        torch.autograd.grad((qf, kf), [q, k, *params], (torch.ones_like(qf), torch.ones_like(kf)), allow_unused=True)
+
+    with torch.no_grad():
+        qf, kf = (x.detach().requires_grad_() for x in (fm.query(q), fm.key(k)))
+    g = torch.randn(B, T, H, DV, generator=gen)
+
+    def op():
+        o = ops.linear_attention(qf, kf, v, causal=False, mode="chunk")[0]
+        torch.autograd.grad(o, [qf, kf, v], g)
+
+    calls = (("forward", fwd), ("forward+backward", fwd_bwd), ("op", op))
+    return {n: measure.timed(f, "cpu", 2, 5, float("inf"))[0] for n, f in calls}
+
+
+def child() -> None:
+    """Print JSON {kernel: {forward, forward+backward, op}} for every registered kernel."""
+    import torch
+
+    from kernelized import kernels
+
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    print(json.dumps({name: time_kernel(name, gen) for name in kernels.available()}))
+
+
+def run(revision: str, folder: str) -> dict:
+    src = os.path.join(folder, "src")
+    env = dict(os.environ, PYTHONPATH=src)
+    proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("revisions", nargs="*")
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        return child()
+    before, after = args.revisions
+    results: dict[str, list[dict]] = {before: [], after: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
+        for rev in (before, after):
+            folders[rev] = os.path.join(tmp, rev)
+            subprocess.run(["git", "worktree", "add", "--detach", folders[rev], rev], check=True, capture_output=True)
+        try:
+            for _ in range(args.rounds):
+                for rev in (before, after):
+                    results[rev].append(run(rev, folders[rev]))
+        finally:
+            for folder in folders.values():
+                subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
+    med = {rev: {k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]} for k in runs[0]}
+           for rev, runs in results.items()}  # fmt: skip
+    print(f"B {B}, T {T}, {H} heads, d {D}, Dv {DV}; fp32, 2 threads; ms, median of {args.rounds} rounds x 5 calls\n")
+    print(f"| kernel | features fwd {before} | fwd {after} | features fwd+bwd {before} | fwd+bwd {after} | "
+          f"op fwd+bwd {after} | features / op {after} |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for k in med[after]:
+        b, a = med[before].get(k), med[after][k]
+        cell = lambda r, m: f"{r[m] * 1e3:.1f}" if r else "–"  # noqa: E731
+        print(f"| {k} | {cell(b, 'forward')} | {cell(a, 'forward')} | {cell(b, 'forward+backward')} | "
+              f"{cell(a, 'forward+backward')} | {cell(a, 'op')} | {a['forward+backward'] / a['op']:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
