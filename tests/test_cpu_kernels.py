@@ -222,9 +222,12 @@ def test_worker_groups_cover_every_item_once(n_items):
 def test_compiled_monomial_features_match_the_torch_reference(d, dtype):
     """Degree-2 features (ReBased, Based): values, order and gradients equal the slice-built reference, also for
     an input that is not contiguous."""
-    from kernelized.kernels.polynomial import _sliced_monomial_features, monomial_features
-
-    from kernelized.kernels.polynomial import taylor_features, taylor_reference
+    from kernelized.kernels.polynomial import (
+        _sliced_monomial_features,
+        monomial_features,
+        taylor_features,
+        taylor_reference,
+    )
 
     x = torch.randn(3, 7, d, 2, dtype=dtype).transpose(-1, -2).requires_grad_()  # [3, 7, 2, d], strided
     tol = 1e-6 if dtype == torch.float32 else 1e-14
@@ -249,3 +252,40 @@ def test_compiled_monomial_features_gradcheck_and_double_backward():
     for fn in (lambda t: monomial_features(t, 2, 0.5), lambda t: taylor_features(t, 0.7, 0.2)):
         assert torch.autograd.gradcheck(fn, (x,))
         assert torch.autograd.gradgradcheck(fn, (x,))  # via the reference
+
+
+@needs_kernels
+@pytest.mark.parametrize("terms", [{2: 1.0}, {0: 1.0, 1: 1.0, 2: 0.5}, {3: 1.0}], ids=["rebased", "based", "cubic"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_compiled_polynomial_attention_matches_the_torch_reference(terms, causal, normalize, padded, nan_poison):
+    """polynomial.cpp (query blocks of 64, causal blocks stopping at their last key, backward recomputing the
+    scores) against ops/polynomial.reference in float64: outputs and gradients to round-off, T = 150 (not a
+    multiple of the block), key padding at the end of one row and the start of the other, NaN-poisoned buffers."""
+    from kernelized.ops import polynomial
+
+    B, T, H, d, Dv = 2, 150, 3, 6, 5
+    q, k = (torch.randn(B, T, H, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, T, H, Dv, dtype=torch.float64, requires_grad=True)
+    mask = _padding(B, T) if padded else None
+    g = torch.randn(B, T, H, Dv, dtype=torch.float64)
+    out = ops.polynomial_attention(q, k, v, terms=terms, causal=causal, normalize=normalize, key_padding_mask=mask)
+    ref = polynomial.reference(q, k, v, terms, d**-0.5, causal, normalize, 1e-6, mask)
+    assert_close("o", ref, out, ratio=1e-12)
+    for name, r, o in zip(
+        ("dq", "dk", "dv"), torch.autograd.grad(ref, (q, k, v), g), torch.autograd.grad(out, (q, k, v), g)
+    ):
+        assert_close(name, r, o, ratio=1e-12)
+
+
+@needs_kernels
+def test_compiled_polynomial_attention_runs_and_double_backward_goes_through_the_reference(monkeypatch):
+    from kernelized.ops import polynomial
+
+    calls = []
+    real = polynomial._compiled_forward
+    monkeypatch.setattr(polynomial, "_compiled_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    q, k, v = (torch.randn(1, 20, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradgradcheck(lambda q, k, v: ops.polynomial_attention(q, k, v, degree=2), (q, k, v))
+    assert calls  # the kernel ran; the second derivative came from the reference

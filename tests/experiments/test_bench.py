@@ -13,21 +13,30 @@ import re
 import pytest
 import torch
 
-from kernelized import cli
+from kernelized import cli, kernels
 from kernelized.experiments import bench
-from kernelized.experiments.bench import flops, measure, report
+from kernelized.experiments.bench import cases, flops, measure, report
 from kernelized.experiments.framework.presets import available_presets
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """``--threads 1`` (tiny models on a loaded 2-core machine: 2 threads make a step ~40x slower) is undone."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_smoke_preset_runs_every_section_and_probes_memory_after_every_timing(tmp_path, monkeypatch):
     """Every section in one run; the in-process memory probe changes glibc's mmap threshold, so it must not run
     before any timed call."""
+    monkeypatch.setattr(cases, "model_mixers", lambda: ["softmax", "rebased"])  # every mixer: the models tests
     events = []
     real_timed, real_peak = measure.timed, measure.peak_memory_mb
     monkeypatch.setattr(measure, "timed", lambda *a, **k: events.append("time") or real_timed(*a, **k))
     monkeypatch.setattr(measure, "peak_memory_mb", lambda fn, device: events.append("memory") or real_peak(fn, device))
     argv = ["--preset", "smoke", "--out", str(tmp_path), "--cases", "SDPA,rebased chunk,rebased polynomial"]
-    assert bench.main(argv + ["--lengths", "32,64"]) == 0
+    assert bench.main(argv + ["--lengths", "32,64", "--threads", "1"]) == 0
     result = json.loads((tmp_path / "smoke.json").read_text())
     rows = result["kernels"]
     expected = {"softmax (SDPA)", "rebased chunk", "rebased polynomial"}
@@ -50,14 +59,24 @@ def test_smoke_preset_runs_every_section_and_probes_memory_after_every_timing(tm
     cache = {r["context"]: r["state_mb"] for r in decode if r["case"] == "softmax KV-cache step"}
     assert state[64] == state[128] and cache[128] == pytest.approx(2 * cache[64])
     assert [r["T"] for r in result["memory"]] == [32, 64]
-    assert {(r["model"], r["mixer"]) for r in result["models"]} >= {("mqar", "softmax"), ("lm", "rebased chunk")}
+    assert {(r["model"], r["mixer"]) for r in result["models"]} == {(m, x) for m in ("mqar", "lra", "lm")
+                                                                    for x in ("softmax", "rebased")}  # fmt: skip
+    enc = result["encoder"]  # smoke: elu, gmm-rks, rebased at B 2, T 32, 2 heads of 4; the op's PyTorch path for elu
+    assert {(r["kernel"], r["mode"]) for r in enc} == {(k, m) for k in ("elu", "gmm-rks", "rebased")
+                                                       for m in ("forward", "forward+backward")}  # fmt: skip
+    for r in enc:
+        floor = 4 * 2 * 2 * 32 * r["F"] * (4 + 1) / result["matmul_rate"]
+        assert r["floor_s"] == pytest.approx(floor * (3 if r["mode"] == "forward+backward" else 1))
+        assert r["features_s"] > 0 and r["op_s"] > 0
+        assert (r["op_reference_s"] is not None) == (r["kernel"] == "elu")
+    assert {r["kernel"]: r["F"] for r in enc} == {"elu": 4, "gmm-rks": 2 * 4 * 2 + 1, "rebased": 10}
     generated = {(r["case"], r["prompt"]) for r in result["generate"]}
     assert generated == {("HF generate, KernelizedCache", 8), ("HF generate, KernelizedCache", 16),
                          ("kernelized.models.generate", 8), ("kernelized.models.generate", 16),
                          ("HF generate, no cache", 8)}  # fmt: skip
     md = (tmp_path / "smoke.md").read_text()
     assert "| rebased chunk |" in md and "decode" in md and "matmul rate" in md and "## models" in md
-    assert "## generate: ms per new token" in md
+    assert "## generate: ms per new token" in md and "## encoder: feature maps and the bidirectional op" in md
     assert "one fresh process per T" in md
     assert (tmp_path / "smoke_kernels.png").stat().st_size > 0 and (tmp_path / "smoke_decode.png").exists()
     measured = [r for r in rows if "seconds" in r] + result["models"]
@@ -65,6 +84,85 @@ def test_smoke_preset_runs_every_section_and_probes_memory_after_every_timing(tm
     assert "time" not in events[events.index("memory") :]
     if os.path.exists("/proc/self/clear_refs"):  # every timed cell got its memory number
         assert all(r["peak_mb"] is not None for r in measured)
+
+
+@pytest.fixture(scope="module")
+def smoke_models(tmp_path_factory):
+    """One run of the smoke preset's models section: its result, its markdown and its output folder."""
+    out, threads = tmp_path_factory.mktemp("models"), torch.get_num_threads()
+    try:
+        assert bench.main(["--preset", "smoke", "--sections", "models", "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "smoke.json").read_text()), (out / "smoke.md").read_text(), out
+
+
+def test_models_section_trains_each_experiments_model_with_every_mixer_at_its_own_and_longer_lengths(smoke_models):
+    result, md, out = smoke_models
+    rows = result["models"]
+    # the smoke overrides give each experiment's model T = 16; length_factors [1, 2] add T = 32
+    own = {"mqar": 16, "lra": 16, "lm": 16}
+    mixers = ["softmax", *kernels.available()]
+    assert len(mixers) > 10 and [r["mixer"] for r in rows if r["model"] == "lra" and r["T"] == 16] == mixers
+    expected = {(m, x, t * f) for m, t in own.items() for x in mixers for f in (1, 2)}
+    assert {(r["model"], r["mixer"], r["T"]) for r in rows} == expected and len(rows) == len(expected)
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        assert r["batch"] == max(1, 32 // r["T"]) and r["params"] > 0 and r["step_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["T"] / r["step_s"]) and r["tokens_per_s"] > 0
+        assert r["form"] == (None if r["mixer"] == "softmax" else cases.MODEL_MODE)
+        if os.path.exists("/proc/self/clear_refs"):
+            assert r["peak_mb"] is not None
+    # learned positions (MQAR, LM) grow with T; the LRA classifier's sinusoidal ones do not
+    params = {(r["model"], r["mixer"], r["T"]): r["params"] for r in rows}
+    assert params[("mqar", "softmax", 32)] > params[("mqar", "softmax", 16)]
+    assert params[("lra", "softmax", 32)] == params[("lra", "softmax", 16)]
+    assert (out / "smoke_models.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model in own:
+        assert f"### {model}: tokens/s" in md and f"### {model}: peak memory of a training step (MiB)" in md
+    assert "| T=16 (batch 2) | T=32 (batch 1) |" in md
+
+
+def test_models_ratio_is_tokens_per_second_over_softmax_at_the_same_model_and_length(smoke_models):
+    result, md, _ = smoke_models
+    rows = result["models"]
+    soft = {(r["model"], r["T"]): r["tokens_per_s"] for r in rows if r["mixer"] == "softmax"}
+    assert len(soft) == 6
+    for r in rows:
+        assert r["vs_softmax"] == pytest.approx(r["tokens_per_s"] / soft[(r["model"], r["T"])])
+    r = next(r for r in rows if r["model"] == "lm" and r["mixer"] == "rebased" and r["T"] == 32)
+    assert f"{r['tokens_per_s']:.0f} ({r['vs_softmax']:.2f}x)" in md.split("### lm: tokens/s")[1]
+
+
+def test_a_mixer_over_budget_or_failing_stops_growing_T_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cases, "model_mixers", lambda: ["softmax", "nosuch", "rebased"])
+    argv = ["--preset", "smoke", "--sections", "models", "--out", str(tmp_path), "--threads", "1"]
+    assert bench.main(argv + ["--set", "models.budget_s=1e-9", "--set", "models.length_factors=[1,2,4]"]) == 0
+    assert "note: models mqar, nosuch, T=16: ValueError" in capsys.readouterr().err
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    for model in ("mqar", "lra", "lm"):
+        rows = {(r["mixer"], r["T"]): r for r in result["models"] if r["model"] == model}
+        assert set(rows) == {(x, t) for x in ("softmax", "nosuch", "rebased") for t in (16, 32, 64)}
+        for mixer in ("softmax", "rebased"):  # every step is over a 1 ns budget: measured once, then stopped
+            assert rows[(mixer, 16)]["timed_calls"] == 1 and rows[(mixer, 16)]["tokens_per_s"] > 0
+            for t in (32, 64):
+                assert "tokens_per_s" not in rows[(mixer, t)] and "> budget 1e-09 s" in rows[(mixer, t)]["skipped"]
+        assert "'nosuch'" in rows[("nosuch", 16)]["error"] and "tokens_per_s" not in rows[("nosuch", 16)]
+        assert rows[("nosuch", 32)]["skipped"] == rows[("nosuch", 64)]["skipped"] == "failed at T=16"
+    md = (tmp_path / "smoke.md").read_text()
+    assert "| nosuch | - | failed | skipped | skipped |" in md and "- lra, nosuch, T=16: ValueError" in md
+    assert "| rebased | " in md and "| skipped | skipped |" in md
+
+
+def test_models_presets_and_overrides_are_checked_before_any_timing(tmp_path, capsys):
+    for setting, names in (("models.lm.preset=nope", ("models.lm", "'nope'", "ptb-cpu")),
+                           ("models.mqar.set=[model.d_modle=3]", ("models.mqar", "'model.d_modle'", "d_model")),
+                           ("models.budget_s=0", ("models.budget_s",))):  # fmt: skip
+        argv = ["--preset", "smoke", "--sections", "models", "--out", str(tmp_path / "o"), "--set", setting]
+        assert bench.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(n in err for n in names), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_presets_load_and_set_changes_the_run(tmp_path):
@@ -86,7 +184,7 @@ def test_unknown_set_key_names_the_key_and_the_valid_keys_of_its_section(tmp_pat
     assert bench.main(["--preset", "smoke", "--out", str(tmp_path), "--set", "models.stepz=2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'models.stepz'" in err and "valid keys of 'models'" in err
-    assert "'steps'" in err and "'mqar_len'" in err
+    assert "'steps'" in err and "'length_factors'" in err
     assert bench.main(["--preset", "smoke", "--out", str(tmp_path), "--set", "repeats=three"]) == 2
     assert "repeats" in capsys.readouterr().err
     assert bench.main(["--preset", "smoke", "--out", str(tmp_path), "--set", "max_len.quadratic=-1"]) == 2

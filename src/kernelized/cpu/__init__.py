@@ -3,6 +3,8 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
 
 - ``chunk.cpp``: causal chunked linear attention, forward and backward (``ops.linear_attention(mode="chunk")``);
 - ``bidirectional.cpp``: non-causal linear attention, forward and backward (``causal=False``, ``mode="chunk"``);
+- ``polynomial.cpp``: implicit ``sum_p c_p (q.k)^p`` attention, flash style, forward and backward
+  (``ops.polynomial_attention``);
 - ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
@@ -33,7 +35,7 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCES = ("chunk.cpp", "bidirectional.cpp", "features.cpp")
+SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp")
 HEADERS = ("gemm.h",)  # included by the sources: part of the cache key
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -113,6 +115,9 @@ _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) p
     "bidirectional_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _L, _I, _I, _I, _D],
     "bidirectional_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _L, _P, _L,
                                _P, _L, _I, _I, _I],
+    "polynomial_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _I, _I, _I, _P, _D, _I, _D],
+    "polynomial_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _L, _L, _I, _I,
+                            _I, _P, _D, _I],
     "monomials2_forward": [_P, _L, _I, _P, _P, _L],
     "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
 }  # fmt: skip

@@ -72,7 +72,7 @@ class Model:
     embed_std: float = 0.02
     dropout: float = 0.1
     num_segments: int = 2  # BERT's sentence A / B embeddings
-    mode: str = "chunk"  # linear attention form (bidirectional)
+    mode: str = "auto"  # kernel attention form: auto (the cheapest exact form per call) | parallel | chunk
     chunk_size: int = 64
     pattern: list | None = None  # hybrids: mixer specs cycled over the layers; "attention" = the run's kernel
 

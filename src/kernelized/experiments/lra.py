@@ -93,7 +93,7 @@ class Model:
     positions: str = "sinusoidal"
     dropout: float = 0.0
     embed_std: float = 1.0  # token embedding init std (LRA's 1.0; 0.02 drowns tokens under sinusoidal positions)
-    mode: str = "chunk"  # linear attention form (bidirectional)
+    mode: str = "auto"  # kernel attention form: auto (the cheapest exact form per call) | parallel | chunk
     chunk_size: int = 64
 
 

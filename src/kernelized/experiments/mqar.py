@@ -75,7 +75,7 @@ class Model:
     conv_kernel: int = 3
     num_heads: int = 12  # kernel attention
     feature_dim: int = 16
-    mode: str = "parallel"  # kernel attention form for training: parallel | chunk
+    mode: str = "auto"  # kernel attention form: auto (the cheapest exact form per call) | parallel | chunk
     chunk_size: int = 64
     eps: float = 1e-6
     softmax_heads: int = 1

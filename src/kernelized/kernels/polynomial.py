@@ -207,16 +207,21 @@ class PolynomialFeatureMap(FeatureMap):
         return PolynomialForm(terms={self.degree: 1.0}, scale=self.head_dim**-0.5)
 
     def _transform(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        """``gamma * norm(x) + beta``. The norm is ``(x - mean) / sqrt(var + eps)`` (biased variance) over the head's
+        d features or all H*d, i.e. torch's fused layer_norm: ``x.var`` over a 16-wide axis took 30 ms a call at
+        the MQAR shape, longer than the attention it feeds."""
+        gamma = getattr(self, f"gamma_{role}").to(x.dtype) if self.use_gamma else None
+        beta = getattr(self, f"beta_{role}").to(x.dtype) if self.use_beta else None
         if self.normalize:
-            dims = (-1,) if self.norm_scope == "head" else (-2, -1)
-            mean = x.mean(dim=dims, keepdim=True)
-            var = x.var(dim=dims, keepdim=True, unbiased=False)
-            x = (x - mean) * torch.rsqrt(var + self.norm_eps)
-        if self.use_gamma:
-            x = x * getattr(self, f"gamma_{role}").to(x.dtype)
-        if self.use_beta:
-            x = x + getattr(self, f"beta_{role}").to(x.dtype)
-        return x
+            shape = x.shape[-1:] if self.norm_scope == "head" else x.shape[-2:]
+            if self.norm_scope == "all":  # [H, d] affine parameters match the normalised shape: one fused op
+                return torch.nn.functional.layer_norm(x, shape, gamma, beta, self.norm_eps)
+            x = torch.nn.functional.layer_norm(x, shape, eps=self.norm_eps)
+        if gamma is not None and beta is not None:
+            return torch.addcmul(beta, x, gamma)
+        if gamma is not None:
+            return x * gamma
+        return x + beta if beta is not None else x
 
     def project_query(self, x: torch.Tensor) -> torch.Tensor:
         return self._transform(self.check_input(x, "q"), "q")

@@ -33,9 +33,12 @@ class KernelAttention(nn.Module):
         feature_dim: d, the per-head query/key size that the feature map receives (16 in ReBased/Based).
         kernel: a name from ``kernels.available()``.
         causal: autoregressive (True) or bidirectional.
-        mode: ``"parallel"``, ``"chunk"`` or ``"recurrent"``. With ``"parallel"``, kernels that are a polynomial of
-            one dot product (rebased, taylor, polynomial) use the implicit form of ``ops.polynomial_attention``, as
-            their authors train, unless a state is passed in or asked for.
+        mode: ``"auto"`` (default), ``"parallel"``, ``"chunk"`` or ``"recurrent"``. With ``"parallel"``, kernels
+            that are a polynomial of one dot product (rebased, taylor, polynomial) use the implicit form of
+            ``ops.polynomial_attention``, as their authors train, unless a state is passed in or asked for.
+            ``"auto"`` picks, per call, the cheapest of these exact forms from the call's T, the head sizes, the
+            feature count, causality, the device and whether a state is needed (:meth:`form_for`,
+            ``ops.cost``): the implicit or parallel form at short T, chunk at long T, recurrent for a decoding step.
         head_dim_v: per-head value size; default ``d_model // num_heads`` (ReBased: 64 // 12 = 5).
         normalize, eps, chunk_size: passed to the op.
         kernel_options: keyword options of the feature map (e.g. ``{"norm_scope": "all"}``).
@@ -49,7 +52,7 @@ class KernelAttention(nn.Module):
         feature_dim: int = 16,
         kernel: str = "rebased",
         causal: bool = True,
-        mode: str = "chunk",
+        mode: str = "auto",
         head_dim_v: int | None = None,
         normalize: bool = True,
         eps: float = 1e-6,
@@ -96,6 +99,8 @@ class KernelAttention(nn.Module):
         B, T = _check_x(x, self.d_model)
         mode = self.mode if mode is None else mode
         check_choice("mode", mode, MODES)
+        if mode == "auto":
+            mode = self.form_for(x, stateful=state is not None or output_state)
         self.feature_map.on_forward(continuing=state is not None)
         q, k, v = self._qkv(x)
         form = self.feature_map.polynomial_form
@@ -113,7 +118,7 @@ class KernelAttention(nn.Module):
             )
             new_state = None
         else:
-            q_feat, k_feat = self.feature_map.query(q), self.feature_map.key(k)
+            q_feat, k_feat = self.feature_map.query_key(q, k)
             # maps that keep half-precision inputs' features in float32 (ReBased): v joins them, so the op sees
             # one dtype (and a GPU keeps its Triton kernel); the output returns to v's dtype below
             v_in = v.to(q_feat.dtype) if q_feat.dtype != v.dtype and q_feat.dtype == torch.float32 else v
@@ -132,6 +137,15 @@ class KernelAttention(nn.Module):
             )
         y = self.o_proj(o.to(v.dtype).reshape(B, T, self.num_heads * self.head_dim_v))
         return (y, new_state) if output_state else y
+
+    def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
+        """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form
+        for polynomial maps), ``"chunk"`` or ``"recurrent"`` (``stateful``: a state goes in or comes out)."""
+        return ops.cost.choose_form(
+            x.shape[1], self.feature_dim, self.feature_map.feature_dim, self.head_dim_v, self.causal,
+            x.device.type, polynomial=self.feature_map.polynomial_form is not None, stateful=stateful,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
 
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -253,6 +267,15 @@ class SoftmaxAttention(nn.Module):
             qh, kh, vh, attn_mask=allowed | empty, dropout_p=self.dropout if self.training else 0.0
         )
         return o.masked_fill(empty, 0.0).transpose(1, 2)
+
+    def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
+        """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form
+        for polynomial maps), ``"chunk"`` or ``"recurrent"`` (``stateful``: a state goes in or comes out)."""
+        return ops.cost.choose_form(
+            x.shape[1], self.feature_dim, self.feature_map.feature_dim, self.head_dim_v, self.causal,
+            x.device.type, polynomial=self.feature_map.polynomial_form is not None, stateful=stateful,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
 
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,8 +5,9 @@
 - :func:`softmax_attention` on torch's scaled_dot_product_attention.
 """
 
+from kernelized.ops import cost
 from kernelized.ops.linear import linear_attention
 from kernelized.ops.polynomial import polynomial_attention
 from kernelized.ops.softmax import softmax_attention
 
-__all__ = ["linear_attention", "polynomial_attention", "softmax_attention"]
+__all__ = ["cost", "linear_attention", "polynomial_attention", "softmax_attention"]

@@ -2,12 +2,17 @@
 
 This is how the ReBased and Based authors train (``parallel_rebased``, ``parallel_based``): O(T^2 d) instead of
 materialising C(d+p-1, p) features. Equal to linear attention on the polynomial feature maps.
+
+On CUDA the Triton kernel runs; on the CPU, float32/float64 inputs go to the compiled kernel
+(``kernelized/cpu/polynomial.cpp``: blocks of queries whose scores stay in cache, never a T x T tensor, causal blocks
+stopping at their last key, backward recomputing the scores); :func:`reference` (torch ops) is the fallback.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kernelized import cpu as _cpu
 from kernelized.ops import triton as _triton
 from kernelized.ops._validate import check_padding_mask, check_qkv
 
@@ -55,6 +60,15 @@ def polynomial_attention(
         if out is not None:  # None: the kernel cannot run here (it warned once); the PyTorch path below serves
             return out
 
+    if _cpu.usable(q, k, v) and max(terms) <= MAX_COMPILED_DEGREE:  # the fused CPU kernel
+        return _compiled(q, k, v, terms, scale, causal, eps if normalize else None, key_padding_mask)
+    return reference(q, k, v, terms, scale, causal, normalize, eps, key_padding_mask, block_size)
+
+
+def reference(q, k, v, terms: dict, scale: float, causal: bool, normalize: bool, eps: float, key_padding_mask,
+              block_size: int = 1024) -> torch.Tensor:  # fmt: skip
+    """The torch-op form (autograd), in blocks of ``block_size`` queries: what the kernels must equal."""
+    B, T = q.shape[:2]
     out_dtype = v.dtype
     acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     qh, kh, vh = (x.to(acc).transpose(1, 2) for x in (q, k, v))  # [B, H, T, .]
@@ -72,3 +86,83 @@ def polynomial_attention(
         o = A @ vh
         outs.append(o / (A.sum(-1, keepdim=True) + eps) if normalize else o)
     return torch.cat(outs, dim=2).transpose(1, 2).to(out_dtype)
+
+
+MAX_COMPILED_DEGREE = 4  # polynomial.cpp's coefficient array
+
+
+def _compiled(q, k, v, terms: dict, scale: float, causal: bool, eps: float | None, key_padding_mask) -> torch.Tensor:
+    coef = torch.zeros(MAX_COMPILED_DEGREE + 1, dtype=v.dtype)
+    for p, c in terms.items():
+        coef[p] = c
+    keep = None if key_padding_mask is None else (~key_padding_mask).to(v.dtype).contiguous()
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        return _CompiledPolynomial.apply(q, k, v, keep, coef, scale, causal, eps)
+    return _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save=False)[0]
+
+
+class _CompiledPolynomial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep, coef, scale, causal, eps):
+        o, norm = _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save=True)
+        ctx.save_for_backward(q, k, v, keep, coef, o, norm)
+        ctx.scale, ctx.causal, ctx.eps = scale, causal, eps
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, keep, coef, o, norm = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the torch-op reference
+            terms = {p: float(c) for p, c in enumerate(coef.tolist()) if c}
+            mask = None if keep is None else keep == 0
+            ref = reference(q, k, v, terms, ctx.scale, ctx.causal, ctx.eps is not None, ctx.eps or 0.0, mask)
+            return (*torch.autograd.grad(ref, (q, k, v), do, create_graph=True), None, None, None, None, None)
+        dq, dk, dv = _compiled_backward(q, k, v, keep, coef, ctx.scale, ctx.causal, ctx.eps, do, o, norm)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    lib, key = _cpu.library(), _cpu.DTYPES[dtype]
+    return getattr(lib, name)[key], lib.gemm[key]
+
+
+def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
+    """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``, one kernel call per
+    (batch, head) sequence."""
+    B, T, H, d = q.shape
+    Dv = v.shape[-1]
+    fn, gemm = _kernel("polynomial_forward", v.dtype)
+    o = v.new_empty(B, T, H, Dv)
+    norm = v.new_empty(B, H, T) if save and eps is not None else None
+    q_, k_, v_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, o))
+    keep_, norm_ = _cpu.block_pointers(None if keep is None else keep[:, None]), _cpu.block_pointers(norm)
+    normalize, eps_ = int(eps is not None), 0.0 if eps is None else eps
+
+    def pairs(items: range) -> None:
+        for i in items:
+            b, h = divmod(i, H)
+            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), *o_(b, h), norm_(b, h), T, d, Dv, int(causal),
+               coef.data_ptr(), scale, normalize, eps_)  # fmt: skip
+
+    _cpu.run_parallel(pairs, B * H)
+    return o, norm
+
+
+def _compiled_backward(q, k, v, keep, coef, scale, causal, eps, do, o, norm):
+    B, T, H, d = q.shape
+    Dv = v.shape[-1]
+    fn, gemm = _kernel("polynomial_backward", v.dtype)
+    dq, dk, dv = q.new_empty(B, T, H, d), k.new_empty(B, T, H, d), v.new_empty(B, T, H, Dv)
+    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
+    dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
+    keep_, norm_ = _cpu.block_pointers(None if keep is None else keep[:, None]), _cpu.block_pointers(norm)
+
+    def pairs(items: range) -> None:
+        for i in items:
+            b, h = divmod(i, H)
+            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), *do_(b, h), *o_(b, h), norm_(b, h),
+               *dq_(b, h), *dk_(b, h), *dv_(b, h), T, d, Dv, int(causal), coef.data_ptr(), scale,
+               int(eps is not None))  # fmt: skip
+
+    _cpu.run_parallel(pairs, B * H)
+    return dq, dk, dv

@@ -7,7 +7,9 @@ Sections, all measured in one run so the ratios compare like with like:
   when installed (pure-PyTorch ``naive`` references on CPU, Triton kernels on GPU);
 - **memory**: the ReBased chunk form's forward+backward peak memory, one fresh process per T;
 - **decode**: one recurrent step's latency against context length, beside a softmax KV-cache step;
-- **models**: training tokens/s and peak memory of an MQAR-sized and an LM-sized model per mixer.
+- **models**: training tokens/s and peak memory of the MQAR, LRA and LM experiments' own models (their presets,
+  built by their builders) with softmax and every kernel, at each model's own length and longer ones, and
+  each mixer's tokens/s over softmax's.
 
 Every timed case also reports its FLOP count (useful FLOPs: causal products count half the square, the
 backward pass twice the forward) and the fraction of the machine's measured fp32 (or preset dtype) matmul
@@ -44,11 +46,13 @@ from kernelized.experiments.bench.cases import (
     DTYPES,
     build_cases,
     fla_available,
+    model_configs,
     run_decode,
     run_kernels,
     run_models,
     select_cases,
 )
+from kernelized.experiments.bench.encoder import run_encoder
 from kernelized.experiments.bench.generation import Generate, run_generate
 from kernelized.experiments.bench.report import markdown, plots, targets
 from kernelized.experiments.framework.cli import command, experiment_parser
@@ -56,7 +60,7 @@ from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import check_types, defaults_of
 from kernelized.train.checkpoint import write_text_atomic
 
-SECTIONS = ("kernels", "memory", "decode", "models", "generate")
+SECTIONS = ("kernels", "memory", "decode", "encoder", "models", "generate")
 DEFAULT_OUT = "runs/bench"
 PUBLISHED_OUT = "docs/bench"
 
@@ -70,18 +74,40 @@ class MaxLen:
 
 
 @dataclass
-class Models:
-    """The models section: AdamW training steps of an MQAR-sized and an LM-sized model per mixer."""
+class ModelPreset:
+    """An experiment's model as the models section builds it: that experiment's preset, ``--set``-style overrides."""
 
-    batch: int = 4
-    mqar_len: int = 512
-    lm_len: int = 1024
-    steps: int = 7  # timed steps (median)
-    warmup: int = 2
-    d_model: int = 128
-    heads: int = 8
-    vocab: int = 8192
-    feature_dim: int = 16  # kernel attention's q/k feature dim
+    preset: str = ""
+    set: list[str] = field(default_factory=list)  # key=value; a grid axis set is pinned (others: their first value)
+
+
+@dataclass
+class Models:
+    """The models section: AdamW training steps of the MQAR, LRA and LM experiments' own models, with softmax and
+    every kernel, at each model's own length T and longer ones."""
+
+    mqar: ModelPreset = field(default_factory=lambda: ModelPreset("demo", ["seq_len=64"]))  # mqar demo at L=64
+    lra: ModelPreset = field(default_factory=lambda: ModelPreset("cpu", ["task=listops"]))  # the CPU tier's ListOps
+    lm: ModelPreset = field(default_factory=lambda: ModelPreset("ptb-cpu"))  # the LM study's model
+    length_factors: list[int] = field(default_factory=lambda: [1, 4, 16])  # T = the model's own T x each
+    tokens: int = 1024  # tokens per step: batch = max(1, tokens // T)
+    steps: int = 2  # timed steps (median)
+    warmup: int = 1
+    budget_s: float = 4.0  # a step slower than this stops the mixer growing T (a first one: measured once)
+
+
+@dataclass
+class Encoder:
+    """The encoder section: every feature map and the bidirectional op split apart at the LRA layer's shapes."""
+
+    shapes: list[list[int]] = field(default_factory=lambda: [[8, 1024], [2, 4096]])  # [B, T] pairs
+    heads: int = 4
+    head_dim: int = 32  # q/k size before the feature map
+    head_dim_v: int = 32
+    kernels: list[str] = field(default_factory=list)  # empty: every registered kernel
+    reference_kernels: list[str] = field(default_factory=lambda: ["gmm-rks", "elu"])  # op's PyTorch path too
+    warmup: int = 1
+    repeats: int = 3
 
 
 @dataclass
@@ -103,25 +129,31 @@ class BenchConfig:
     max_len: MaxLen = field(default_factory=MaxLen)
     decode_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
     decode_steps: int = 200  # timed decode steps per context length
+    encoder: Encoder = field(default_factory=Encoder)
     models: Models = field(default_factory=Models)
     generate: Generate = field(default_factory=Generate)  # HF generate with the model's state vs without
     seed: int = 0  # the random inputs of the kernel and decode sections (--seeds takes one)
 
 
-_AT_LEAST = {"seed": 0, "warmup": 0, "max_len.quadratic": 0, "max_len.recurrent": 0, "models.warmup": 0}
+_AT_LEAST = {"seed": 0, "warmup": 0, "max_len.quadratic": 0, "max_len.recurrent": 0, "models.warmup": 0,
+             "encoder.warmup": 0}  # fmt: skip
 
 
 def check_values(config: dict, source: str) -> None:
     """Counts and shapes are >= 1 (warm-ups and caps >= 0), the length lists non-empty, the budget positive."""
     values = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    values |= {f"{s}.{k}": v for s in ("max_len", "models") for k, v in config[s].items()}
+    values |= {f"{s}.{k}": v for s in ("max_len", "models", "encoder") for k, v in config[s].items()}
+    values["encoder.shapes"] = [n for shape in config["encoder"]["shapes"] for n in shape]
     for key, value in values.items():
+        if key in ("encoder.kernels", "encoder.reference_kernels"):
+            continue
         if isinstance(value, list) and (not value or min(value) < 1):
             raise ValueError(f"{key} in {source} must be a non-empty list of integers >= 1, got {value!r}")
         if isinstance(value, int) and value < _AT_LEAST.get(key, 1):
             raise ValueError(f"{key} in {source} must be >= {_AT_LEAST.get(key, 1)}, got {value!r}")
-    if config["budget_s"] <= 0:
-        raise ValueError(f"budget_s in {source} must be > 0 seconds, got {config['budget_s']!r}")
+    for key, value in (("budget_s", config["budget_s"]), ("models.budget_s", config["models"]["budget_s"])):
+        if value <= 0:
+            raise ValueError(f"{key} in {source} must be > 0 seconds, got {value!r}")
 
 
 def load_config(preset: str, overrides: list[str], lengths: str | None = None) -> dict:
@@ -242,6 +274,8 @@ def run_sections(p: dict, sections: list[str], cases: list, rate: float) -> dict
             )
     if "decode" in sections:
         out["decode"] = run_decode(p, rate)
+    if "encoder" in sections:
+        out["encoder"] = run_encoder(p, rate)
     if "models" in sections:
         out["models"] = run_models(p, probes)
     if "generate" in sections:
@@ -258,7 +292,7 @@ def write_report(result: dict, out: Path, stem: str) -> list[Path]:
     """``<stem>.md`` and the PNGs of a run's result, each written atomically; returns the paths written."""
     path = out / f"{stem}.md"
     write_text_atomic(markdown(result), path)
-    return [path] + (plots(result, out, stem) if result["kernels"] else [])
+    return [path, *plots(result, out, stem)]
 
 
 def write_outputs(result: dict, out: Path, stem: str) -> list[Path]:
@@ -283,6 +317,8 @@ def main(argv: list[str]) -> int:
                 f"--cases selects cases of the kernels section, which --sections {args.sections} leaves out"
             )
         cases = select_cases(cases, parse_list(args.cases, "--cases"))
+    if "models" in sections:
+        model_configs(p["models"])  # a bad models.<name> preset or override fails now, before any timing
     if args.dry_run:
         print(f"bench/{stem}: sections {sections}; kernel cases: {[c.name for c in cases]} -> {out}")
         return 0

@@ -1,4 +1,4 @@
-"""What is timed: the kernel cases (every kernel x form, SDPA, fla), the decode step, and small models' training.
+"""What is timed: the kernel cases (every kernel x form, SDPA, fla), the decode step, the experiments' models.
 
 Every tensor has the preset's shape: ``[B, T, H, width]`` (batch, length, heads, width), on its device and dtype.
 Times are seconds, FLOPs counted by :mod:`.flops`, memory MiB. In-process peak memory is never measured while
@@ -8,6 +8,7 @@ changes glibc's mmap threshold, which would otherwise change the allocator under
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
@@ -24,6 +25,8 @@ from kernelized import cpu as cpu_kernels
 from kernelized import kernels, ops
 from kernelized.experiments.bench import measure
 from kernelized.experiments.bench.flops import flops_chunk, flops_kv_step, flops_quadratic, flops_recurrent
+from kernelized.experiments.framework.presets import load_preset, set_key
+from kernelized.ops.linear import MODES as LINEAR_MODES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FEATURE_KERNELS = ("rebased", "taylor", "elu")
@@ -356,71 +359,173 @@ def _time_softmax_step(q1, cache, p: dict) -> float:
 
 # ---------------------------------------------------------------------------------------------- models
 
-
-def _mixers(m: dict) -> dict[str, dict]:
-    """The mixer specs of the models section: softmax, and kernel attention in chunk or polynomial form."""
-    heads = m["heads"]
-    mixers = {"softmax": {"mixer": "softmax", "num_heads": heads}}
-    for kernel, mode, label in (("rebased", "chunk", "rebased chunk"), ("rebased", "parallel", "rebased polynomial"),
-                                ("taylor", "chunk", "taylor chunk"), ("elu", "chunk", "elu chunk")):  # fmt: skip
-        mixers[label] = {"mixer": "kernel", "kernel": kernel, "num_heads": heads, "feature_dim": m["feature_dim"],
-                         "mode": mode}  # fmt: skip
-    return mixers
+#: The kernel-attention form of every kernel in the models section: the layer's ``auto`` (the cheapest exact form
+#: per call) once that exists, else the chunk form.
+MODEL_MODE = "auto" if "auto" in LINEAR_MODES else "chunk"
 
 
-def _layouts(m: dict) -> dict[str, tuple[int, list[dict]]]:
-    """Model name -> (T, blocks); a block's ``mixer: None`` is where the benchmarked mixer goes."""
-    conv = {"mixer": "baseconv", "kernel_size": 3}
-    return {
-        "mqar": (m["mqar_len"], [{"mixer": conv, "mlp": None}, {"mixer": None, "mlp": None}]),
-        "lm": (m["lm_len"], [{"mixer": conv if i % 2 == 0 else None, "mlp": "swiglu"} for i in range(6)]),
-    }
+def model_mixers() -> list[str]:
+    """The mixers of the models section: softmax, then every registered kernel (in :data:`MODEL_MODE`)."""
+    return ["softmax", *kernels.available()]
 
 
-def _train_step(m: dict, device: str, T: int, layout: list[dict], spec: dict) -> tuple[Callable[[], None], int]:
-    """One AdamW training step on random tokens ``[batch, T + 1]`` of a freshly built model, and its parameter
-    count."""
-    from kernelized.models import LanguageModel, ModelConfig
+def _experiment(name: str):
+    return importlib.import_module(f"kernelized.experiments.{name}")  # imported when used: each takes ~1 s
 
-    blocks = [dict(b, mixer=b["mixer"] or spec) for b in layout]
-    torch.manual_seed(0)  # models: one fixed initialisation (the seed field draws the op inputs)
-    config = ModelConfig(vocab_size=m["vocab"], d_model=m["d_model"], blocks=blocks, max_len=T)
-    model = LanguageModel(config).to(device)
+
+def experiment_config(name: str, source: dict) -> dict:
+    """Experiment ``name``'s preset ``source["preset"]`` with the ``source["set"]`` overrides (``key=value``, as
+    ``--set`` takes them; a grid axis set is pinned), every other grid axis but kernel and seed pinned to its first
+    value. Errors name ``models.<name>``."""
+    try:
+        config = load_preset(name, source["preset"], source["set"], defaults=_experiment(name).DEFAULTS)
+    except ValueError as e:
+        raise ValueError(f"models.{name} (preset {source['preset']!r}, set {source['set']}): {e}") from None
+    for key, values in config.pop("grid").items():
+        if key not in ("kernel", "seed"):
+            set_key(config, key, values[0])
+    return config
+
+
+def model_configs(m: dict) -> dict[str, dict]:
+    """Model name -> its experiment's config (:func:`experiment_config`) for the ``models`` section ``m``."""
+    return {name: experiment_config(name, m[name]) for name in MODEL_BUILDERS}
+
+
+def own_length(name: str, config: dict) -> int:
+    """The sequence length the experiment trains its model at (LRA: its task's, after ``per_task``)."""
+    if name == "lra":
+        lra = _experiment("lra")
+        config = lra.resolve(copy.deepcopy(config))
+        return lra.default_max_len(config["task"], config["data"])
+    return int(config["seq_len"])
+
+
+def _mqar_model(config: dict, mixer: str, T: int) -> tuple[torch.nn.Module, dict]:
+    config = copy.deepcopy(config) | {"kernel": mixer, "seq_len": T}
+    config["model"]["mode"] = MODEL_MODE
+    return _experiment("mqar").build_model(config), dict(vocab=config["task"]["vocab_size"], classes=None)
+
+
+def _lm_model(config: dict, mixer: str, T: int) -> tuple[torch.nn.Module, dict]:
+    lm = _experiment("lm")
+    config = lm.resolve(copy.deepcopy(config) | {"kernel": mixer, "seq_len": T})
+    config["model"]["max_len"] = max(T, config["model"].get("max_len") or T)
+    for spec in config["model"]["pattern"]:
+        if spec.get("mixer") == "kernel":
+            spec["mode"] = MODEL_MODE
+    from kernelized.data.tokenizers import load_tokenizer
+
+    vocab = config.get("vocab_size") or load_tokenizer(config["tokenizer"]).vocab_size
+    return lm.build_model(config, vocab), dict(vocab=vocab, classes=None)
+
+
+def _lra_model(config: dict, mixer: str, T: int) -> tuple[torch.nn.Module, dict]:
+    from kernelized.data import lra as lra_data
+
+    lra = _experiment("lra")
+    config = lra.resolve(copy.deepcopy(config) | {"kernel": mixer})
+    config["model"]["mode"] = MODEL_MODE
+    config["data"] = dict(config["data"], max_len=T)
+    info = lra_data.task_info(config["task"], config["data"].get("source"))
+    torch.manual_seed(config["seed"])  # as lra.run_one before it builds
+    kind = dict(vocab=info.vocab_size, classes=info.num_classes, dual=info.dual, low=lra_data.OFFSET)
+    return lra.build_model(config), kind
+
+
+#: Model name -> ``build(config, mixer, T) -> (model, inputs)``: the experiment's own model with ``mixer`` at
+#: length T, made by the experiment's builder (seeded by the config's ``seed``), and what its inputs are
+#: (``vocab``; ``classes``: None for next-token targets, else a classifier's class count; ``dual``: two towers;
+#: ``low``: the lowest token id to draw, above padding and [CLS]).
+MODEL_BUILDERS = {"mqar": _mqar_model, "lra": _lra_model, "lm": _lm_model}
+
+
+def _train_step(model: torch.nn.Module, kind: dict, batch: int, T: int, device: str, seed: int) -> Callable:
+    """One AdamW step of ``model`` on random tokens ``[batch, T]``: cross-entropy of the next token (a causal
+    model) or of a random class (a classifier, ``kind["classes"]`` of them)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(kind.get("low", 0), kind["vocab"], (batch, T + 1), generator=gen)
+    if kind["classes"] is None:
+        inputs, targets = (tokens[:, :-1],), tokens[:, 1:]
+    else:
+        x, targets = tokens[:, :-1], torch.randint(kind["classes"], (batch,), generator=gen)
+        inputs = (x, x.roll(1, 1)) if kind["dual"] else (x,)
+    inputs, targets = tuple(t.to(device) for t in inputs), targets.to(device)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, m["vocab"], (m["batch"], T + 1), device=device)
 
     def step():
-        logits = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        logits = model(*inputs)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), targets.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return step, sum(t.numel() for t in model.parameters())
+    return step
+
+
+def _model_step(p: dict, name: str, config: dict, mixer: str, T: int) -> tuple[Callable, int, int]:
+    """A fresh model's training step at length T, its batch (``models.tokens // T``, at least 1) and parameters."""
+    batch = max(1, p["models"]["tokens"] // T)
+    model, kind = MODEL_BUILDERS[name](config, mixer, T)
+    params = sum(t.numel() for t in model.parameters())
+    return _train_step(model, kind, batch, T, p["device"], p.get("seed", 0)), batch, params
 
 
 def run_models(p: dict, probes: list | None = None) -> list[dict]:
-    """Training tokens/s and peak memory of two small models per mixer: MQAR-like (two blocks, BaseConv then the
-    mixer, no MLP) and LM-like (six blocks alternating BaseConv and the mixer, SwiGLU MLPs), AdamW steps.
+    """Training tokens/s and peak memory of the MQAR, LRA and LM experiments' own models (their presets, built by
+    their builders) with softmax and every kernel, at each model's own length x ``models.length_factors``.
 
-    Peak memory, as in :func:`run_kernels`, is measured by functions appended to ``probes`` (a fresh model each).
+    One row per (model, mixer, T): a mixer whose step fails (the error is in the row) or takes longer than
+    ``models.budget_s`` seconds stops growing T (the longer rows say ``skipped``). ``vs_softmax`` is tokens/s over
+    softmax's at the same (model, T). Peak memory, as in :func:`run_kernels`, is measured by functions appended to
+    ``probes`` (a fresh model each).
     """
-    m, device, rows = p["models"], p["device"], []
-    for model_name, (T, layout) in _layouts(m).items():
-        for mixer_name, spec in tqdm(_mixers(m).items(), desc=f"models ({model_name})", leave=False):
-            step, params = _train_step(m, device, T, layout, spec)
-            seconds, _ = measure.timed(step, device, m["warmup"], m["steps"], budget_s=math.inf)
-            row = dict(model=model_name, mixer=mixer_name, T=T, batch=m["batch"], d_model=m["d_model"],
-                       params=params, step_s=seconds, tokens_per_s=m["batch"] * T / seconds, peak_mb=None)  # fmt: skip
-            rows.append(row)
-            if probes is not None:
-                probes.append(functools.partial(_model_probe, row, m, device, T, layout, spec))
-            del step
+    m, rows = p["models"], []
+    for name, config in model_configs(m).items():
+        lengths = [own_length(name, config) * f for f in m["length_factors"]]
+        for mixer in tqdm(model_mixers(), desc=f"models ({name})", leave=False):
+            stopped = None
+            for T in lengths:
+                row = dict(model=name, mixer=mixer, form=None if mixer == "softmax" else MODEL_MODE, T=T)
+                if stopped:
+                    rows.append(row | dict(skipped=stopped))
+                    continue
+                row, stopped = _model_cell(p, name, config, mixer, T, row)
+                rows.append(row)
+                if probes is not None and "tokens_per_s" in row:
+                    probes.append(functools.partial(_model_probe, row, p, name, config, mixer, T))
+    return with_softmax_ratio(rows)
+
+
+def _model_cell(p: dict, name: str, config: dict, mixer: str, T: int, row: dict) -> tuple[dict, str | None]:
+    """One timed row, and why longer lengths are skipped (None: they are not)."""
+    m = p["models"]
+    try:
+        step, batch, params = _model_step(p, name, config, mixer, T)
+        seconds, n = measure.timed(step, p["device"], m["warmup"], m["steps"], m["budget_s"])
+    except Exception as e:  # a kernel that cannot run in this model: the row says why, the run goes on
+        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        print(f"note: models {name}, {mixer}, T={T}: {error}", file=sys.stderr)
+        return row | dict(error=error), f"failed at T={T}"
+    row |= dict(batch=batch, params=params, step_s=seconds, timed_calls=n, tokens_per_s=batch * T / seconds,
+                peak_mb=None)  # fmt: skip
+    over = seconds > m["budget_s"]  # measured once when the first step was already over budget
+    return row, f"T={T} took {seconds:.3g} s > budget {m['budget_s']} s" if over else None
+
+
+def with_softmax_ratio(rows: list[dict]) -> list[dict]:
+    """Each timed row's ``vs_softmax``: its tokens/s over softmax's at the same (model, T); None without one."""
+    soft = {(r["model"], r["T"]): r["tokens_per_s"] for r in rows if r["mixer"] == "softmax" and "tokens_per_s" in r}
+    for r in rows:
+        if "tokens_per_s" in r:
+            base = soft.get((r["model"], r["T"]))
+            r["vs_softmax"] = r["tokens_per_s"] / base if base else None
     return rows
 
 
-def _model_probe(row: dict, m: dict, device: str, T: int, layout: list[dict], spec: dict) -> None:
+def _model_probe(row: dict, p: dict, name: str, config: dict, mixer: str, T: int) -> None:
     """Peak memory (MiB) of one training step of a fresh model into ``row["peak_mb"]``."""
-    step, _ = _train_step(m, device, T, layout, spec)
+    step, _, _ = _model_step(p, name, config, mixer, T)
     step()  # optimizer state and lazy buffers exist before the measured step, as when timed
-    row["peak_mb"] = measure.peak_memory_mb(step, device)
+    row["peak_mb"] = measure.peak_memory_mb(step, p["device"])

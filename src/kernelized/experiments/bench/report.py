@@ -141,13 +141,60 @@ def _decode_table(decode_rows: list[dict]) -> list[str]:
     return ["## decode: per-token step latency against context length", "", *_table(table)]
 
 
-def _models_table(model_rows: list[dict]) -> list[str]:
+def _models_tables(model_rows: list[dict], m: dict | None) -> list[str]:
+    """Per model: tokens/s and its ratio to softmax's at the same T, then peak memory; rows mixers, columns T."""
     if not model_rows:
         return []
-    table = [{"model": r["model"], "mixer": r["mixer"], "T": str(r["T"]), "batch": str(r["batch"]),
-              "params": f"{r['params']:,}", "step": _fmt_time(r["step_s"]), "tokens/s": f"{r['tokens_per_s']:.0f}",
-              "peak MiB": _fmt(r["peak_mb"], 4)} for r in model_rows]  # fmt: skip
-    return ["## models: training step (AdamW), tokens/s and peak memory", "", *_table(table)]
+    lines = ["## models: training throughput of the experiments' own models", ""]
+    if m:
+        presets = ", ".join(f"{name} `{m[name]['preset']}`" + (f" ({', '.join(m[name]['set'])})" if m[name]["set"]
+                            else "") for name in dict.fromkeys(r["model"] for r in model_rows))  # fmt: skip
+        lines += [f"AdamW training steps on random tokens, median of {m['steps']} after {m['warmup']}, "
+                  f"{m['tokens']} tokens a step (batch = tokens // T); presets: {presets}. Cells: tokens/s "
+                  "(x softmax's tokens/s at the same T).", ""]  # fmt: skip
+    for model in dict.fromkeys(r["model"] for r in model_rows):
+        rows = [r for r in model_rows if r["model"] == model]
+        lengths = sorted({r["T"] for r in rows})
+        batch = {r["T"]: r["batch"] for r in rows if "batch" in r}
+        cols = {t: f"T={t}" + (f" (batch {batch[t]})" if t in batch else "") for t in lengths}
+        speed, memory = [], []
+        for mixer in dict.fromkeys(r["mixer"] for r in rows):
+            cells = {(r["T"]): r for r in rows if r["mixer"] == mixer}
+            params = next((f"{r['params']:,}" for r in cells.values() if "params" in r), "-")
+            speed.append({"mixer": mixer, "params": params} | {cols[t]: _model_cell(cells.get(t)) for t in lengths})
+            memory.append({"mixer": mixer} | {cols[t]: _model_cell(cells.get(t), "peak_mb") for t in lengths})
+        form = next((r["form"] for r in rows if r.get("form")), None)
+        lines += [f"### {model}: tokens/s" + (f" (kernels in mode {form!r})" if form else ""), "", *_table(speed)]
+        lines += [f"### {model}: peak memory of a training step (MiB)", "", *_table(memory)]
+    failed = [f"- {r['model']}, {r['mixer']}, T={r['T']}: {r['error']}" for r in model_rows if "error" in r]
+    return lines + (["Failed cells (the mixer stops growing T):", "", *failed, ""] if failed else [])
+
+
+def _model_cell(r: dict | None, key: str = "tokens_per_s") -> str:
+    if r is None or "error" in r:
+        return "failed" if r else "-"
+    if "skipped" in r:
+        return "skipped"
+    if key != "tokens_per_s":
+        return _fmt(r.get(key), 4)
+    ratio = r.get("vs_softmax")
+    return f"{r['tokens_per_s']:.0f}" + ("" if ratio is None else f" ({ratio:.2f}x)")
+
+
+def _encoder_tables(rows: list[dict]) -> list[str]:
+    """Per (B, T): every kernel's query + key features beside the bidirectional op on them, and the op's floor."""
+    lines = []
+    for B, T in sorted({(r["B"], r["T"]) for r in rows}, key=lambda bt: bt[1]):
+        table = []
+        for r in (r for r in rows if (r["B"], r["T"]) == (B, T)):
+            table.append({"kernel": r["kernel"], "F": r["F"], "pass": r["mode"],
+                          "features q+k": _fmt_time(r["features_s"]), "op": _fmt_time(r["op_s"]),
+                          "op, PyTorch path": _fmt_time(r["op_reference_s"]), "op floor": _fmt_time(r["floor_s"]),
+                          "op / floor": f"{r['op_s'] / r['floor_s']:.2f}",
+                          "features / op": f"{r['features_s'] / r['op_s']:.2f}"})  # fmt: skip
+        title = f"## encoder: feature maps and the bidirectional op, B {B}, T {T} (LRA layer heads)"
+        lines += [title, "", *_table(table)]
+    return lines
 
 
 def _generate_table(rows: list[dict]) -> list[str]:
@@ -186,7 +233,9 @@ def markdown(result: dict) -> str:
     """The run as markdown tables (what docs/benchmarks.md quotes)."""
     lines = _header(result) + _kernel_tables(result["kernels"]) + _skipped(result["kernels"])
     lines += _memory_table(result.get("memory")) + _decode_table(result.get("decode"))
-    lines += _models_table(result.get("models")) + _generate_table(result.get("generate"))
+    lines += _encoder_tables(result.get("encoder") or [])
+    lines += _models_tables(result.get("models"), result["preset"].get("models"))
+    lines += _generate_table(result.get("generate"))
     lines += _targets_table(result.get("targets"))
     return "\n".join(lines)
 
@@ -234,12 +283,43 @@ def _draw_decode(path: Path, result: dict) -> None:
     plt.close(fig)
 
 
+def _draw_models(path: Path, result: dict) -> None:
+    """Log-log training tokens/s against T, one panel per model, one line per mixer (softmax in black)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["models"] if "tokens_per_s" in r]
+    models = list(dict.fromkeys(r["model"] for r in result["models"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mixers = list(dict.fromkeys(r["mixer"] for r in result["models"] if r["model"] == model))
+        for i, mixer in enumerate(mixers):
+            pts = sorted((r["T"], r["tokens_per_s"]) for r in rows if r["model"] == model and r["mixer"] == mixer)
+            style = dict(color="k", lw=2.2) if mixer == "softmax" else dict(color=f"C{i % 10}", lw=1.0)
+            if pts:
+                ax.plot(*zip(*pts), "--" if i > 10 else "-", marker="o", ms=3, label=mixer, **style)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="training tokens/s", title=model)
+        lengths = sorted({r["T"] for r in result["models"] if r["model"] == model})
+        ax.set_xticks(lengths, [str(t) for t in lengths], minor=False)
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"models: AdamW training throughput, {result['environment']['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plots(result: dict, out: Path, stem: str) -> list[Path]:
-    """Log-log PNGs ``<stem>_kernels.png`` and (with a decode section) ``<stem>_decode.png``, written atomically;
-    returns the written paths (a figure that fails is a note on stderr, the rest of the report stands)."""
-    figures = [(out / f"{stem}_kernels.png", _draw_kernels, (result, stem))]
+    """Log-log PNGs of the sections the run has: ``<stem>_kernels.png``, ``<stem>_decode.png`` and
+    ``<stem>_models.png``, written atomically; returns the written paths (a figure that fails is a note on stderr,
+    the rest of the report stands)."""
+    figures = []
+    if result.get("kernels"):
+        figures.append((out / f"{stem}_kernels.png", _draw_kernels, (result, stem)))
     if result.get("decode"):
         figures.append((out / f"{stem}_decode.png", _draw_decode, (result,)))
+    if any("tokens_per_s" in r for r in result.get("models") or []):
+        figures.append((out / f"{stem}_models.png", _draw_models, (result,)))
     written = []
     for path, draw, args in figures:
         error = write_figure(draw, path, *args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kernelized._checks import check_choice, check_positive_int
+from kernelized.ops import cost
 from kernelized.ops import triton as _triton
 from kernelized.ops._validate import check_padding_mask, check_qkv
 from kernelized.ops.linear.bidirectional import bidirectional_linear_attention
@@ -12,7 +13,7 @@ from kernelized.ops.linear.chunk import chunk_linear_attention
 from kernelized.ops.linear.naive import parallel_linear_attention
 from kernelized.ops.linear.recurrent import recurrent_linear_attention
 
-MODES = ("parallel", "chunk", "recurrent")
+MODES = ("auto", *cost.FORMS)  # auto: the cheapest exact form for the call (ops/cost.py)
 State = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -38,6 +39,7 @@ def linear_attention(
         causal: attend to s <= t only.
         mode: ``"parallel"`` (masked quadratic, the ground truth), ``"chunk"`` (linear in T, for training) or
             ``"recurrent"`` (token by token, for decoding). All three agree in outputs, states and gradients.
+            ``"auto"`` picks the cheapest of them for this call (:func:`kernelized.ops.cost.choose_form`).
         normalize: divide by the kernel sum; otherwise return the unnormalised numerator.
         eps: added to the normaliser.
         chunk_size: tokens per chunk for ``mode="chunk"``.
@@ -58,6 +60,9 @@ def linear_attention(
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
     check_padding_mask(key_padding_mask, B, T)
     F, Dv = q_feat.shape[-1], v.shape[-1]
+    if mode == "auto":
+        stateful = initial_state is not None or output_final_state
+        mode = cost.choose_form(T, F, F, Dv, causal, q_feat.device.type, stateful=stateful, chunk_size=chunk_size)
     if initial_state is not None:
         initial_state = check_state(initial_state, B, H, F, Dv)
         initial_state = tuple(x.to(accumulation_dtype(q_feat, k_feat, v)) for x in initial_state)

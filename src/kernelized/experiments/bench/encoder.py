@@ -1,0 +1,84 @@
+"""The encoder section: every feature map and the bidirectional op at the LRA shapes, split apart.
+
+For each kernel at each ``(B, T)`` of the preset (heads and head sizes of the LRA layer): the query + key feature
+maps alone, the bidirectional linear attention op on their features (the compiled kernel, and the PyTorch
+reference beside it), forward and forward + backward, with the op's FLOP floor ``4 T F (Dv+1)`` per head forward
+(twice that backward) at the machine's measured matmul rate. Answers two questions of issue 17: is the op near its
+floor, and do the features cost more than the op.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from kernelized import cpu as cpu_kernels
+from kernelized import kernels, ops
+from kernelized.experiments.bench import measure
+
+
+def _inputs(B: int, T: int, H: int, d: int, Dv: int, gen: torch.Generator) -> list[torch.Tensor]:
+    q, k = (torch.randn(B, T, H, d, generator=gen).requires_grad_() for _ in range(2))
+    return [q, k, torch.randn(B, T, H, Dv, generator=gen).requires_grad_()]
+
+
+def _features_calls(fm, q, k) -> dict:
+    """Forward and forward + backward of ``fm.query(q)`` and ``fm.key(k)`` (the draw policy applied once)."""
+
+    def fwd():
+        with torch.no_grad():
+            fm.on_forward()
+            return fm.query(q), fm.key(k)
+
+    def fwd_bwd():
+        fm.on_forward()
+        qf, kf = fm.query(q), fm.key(k)
+        grads = (torch.ones_like(qf), torch.ones_like(kf))
+        torch.autograd.grad((qf, kf), [q, k, *fm.parameters()], grads, allow_unused=True)
+
+    return {"forward": fwd, "forward+backward": fwd_bwd}
+
+
+def _op_calls(qf, kf, v, grad_out) -> dict:
+    def fwd():
+        with torch.no_grad():
+            return ops.linear_attention(qf, kf, v, causal=False, mode="chunk")
+
+    def fwd_bwd():
+        o = ops.linear_attention(qf, kf, v, causal=False, mode="chunk")[0]
+        torch.autograd.grad(o, [qf, kf, v], grad_out)
+
+    return {"forward": fwd, "forward+backward": fwd_bwd}
+
+
+def _time_calls(calls: dict, e: dict, pytorch_path: bool = False) -> dict[str, float]:
+    with cpu_kernels.pytorch_path() if pytorch_path else torch.enable_grad():
+        return {
+            m: measure.timed(fn, "cpu", e["warmup"], e["repeats"], budget_s=float("inf"))[0] for m, fn in calls.items()
+        }
+
+
+def run_encoder(p: dict, rate: float) -> list[dict]:
+    """Rows ``kernel, B, T, F, mode, features_s, op_s, op_reference_s, floor_s`` (mode forward or
+    forward+backward) for every registered kernel at every ``(B, T)`` of ``p["encoder"]``."""
+    e, rows = p["encoder"], []
+    H, d, Dv = e["heads"], e["head_dim"], e["head_dim_v"]
+    gen = torch.Generator().manual_seed(p.get("seed", 0))
+    names = e.get("kernels") or kernels.available()
+    for B, T in e["shapes"]:
+        for name in tqdm(names, desc=f"encoder (B {B}, T {T})", leave=False):
+            torch.manual_seed(0)
+            fm = kernels.build(name, head_dim=d, num_heads=H).train()
+            q, k, v = _inputs(B, T, H, d, Dv, gen)
+            feats = _time_calls(_features_calls(fm, q, k), e)
+            with torch.no_grad():
+                qf, kf = (x.detach().requires_grad_() for x in (fm.query(q), fm.key(k)))
+            calls = _op_calls(qf, kf, v, torch.randn(B, T, H, Dv, generator=gen))
+            op = _time_calls(calls, e)
+            ref = _time_calls(calls, e, pytorch_path=True) if name in e["reference_kernels"] else {}
+            F = fm.feature_dim
+            floor = 4 * B * H * T * F * (Dv + 1) / rate
+            for mode, factor in (("forward", 1), ("forward+backward", 3)):
+                rows.append(dict(kernel=name, B=B, T=T, F=F, mode=mode, features_s=feats[mode], op_s=op[mode],
+                                 op_reference_s=ref.get(mode), floor_s=factor * floor))  # fmt: skip
+    return rows
