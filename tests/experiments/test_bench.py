@@ -68,6 +68,14 @@ def test_smoke_preset_runs_every_section_and_probes_memory_after_every_timing(tm
         floor = 4 * 2 * 2 * 32 * r["F"] * (4 + 1) / result["matmul_rate"]
         assert r["floor_s"] == pytest.approx(floor * (3 if r["mode"] == "forward+backward" else 1))
         assert r["features_s"] > 0 and r["op_s"] > 0
+        moved = (
+            4
+            * 2
+            * 32
+            * 2
+            * ((2 * r["F"] + 8) + ((2 * r["F"] + 8) + (2 * r["F"] + 16) if r["mode"] != "forward" else 0))
+        )
+        assert r["memory_floor_s"] == pytest.approx(moved / r["copy_bandwidth"])
         assert (r["op_reference_s"] is not None) == (r["kernel"] == "elu")
     assert {r["kernel"]: r["F"] for r in enc} == {"elu": 4, "gmm-rks": 2 * 4 * 2 + 1, "rebased": 10}
     generated = {(r["case"], r["prompt"]) for r in result["generate"]}

@@ -58,13 +58,14 @@ SHAPES = {True: (16, 16), False: (32, 32)}  # causal: MQAR's d, Dv; bidirectiona
 
 
 def test_the_cost_model_picks_the_faster_form_wherever_the_calibration_tells_them_apart():
-    """Every committed measurement (docs/bench/forms/crossover.txt) where one form was at least 15 % faster."""
+    """Every committed measurement (docs/bench/forms/crossover.txt) where one form was at least 25 % faster (two
+    runs of the calibration on this shared machine disagreed by up to 16 % on near-ties: elu at T = 64)."""
     from kernelized import kernels
 
     rows = _crossover_rows()
     assert len(rows) >= 40
     for causal, kernel, T, parallel_ms, chunk_ms in rows:
-        if max(parallel_ms, chunk_ms) < 1.15 * min(parallel_ms, chunk_ms):
+        if max(parallel_ms, chunk_ms) < 1.25 * min(parallel_ms, chunk_ms):
             continue
         d, Dv = SHAPES[causal]
         fm = kernels.build(kernel, head_dim=d, num_heads=1)

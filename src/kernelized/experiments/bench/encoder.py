@@ -2,9 +2,10 @@
 
 For each kernel at each ``(B, T)`` of the preset (heads and head sizes of the LRA layer): the query + key feature
 maps alone, the bidirectional linear attention op on their features (the compiled kernel, and the PyTorch
-reference beside it), forward and forward + backward, with the op's FLOP floor ``4 T F (Dv+1)`` per head forward
-(twice that backward) at the machine's measured matmul rate. Answers two questions of issue 17: is the op near its
-floor, and do the features cost more than the op.
+reference beside it), forward and forward + backward, with the op's two floors: FLOPs, ``4 T F (Dv+1)`` per head
+forward and twice that backward, at the machine's measured matmul rate; and memory, the bytes the op must move at
+the least (forward: read q, k, v, write o; backward: read q, k, v, o, do, write dq, dk, dv) at its measured copy
+bandwidth. Answers two questions of issue 17: is the op near its floor, and do the features cost more than it.
 """
 
 from __future__ import annotations
@@ -58,10 +59,18 @@ def _time_calls(calls: dict, e: dict, pytorch_path: bool = False) -> dict[str, f
         }
 
 
+def op_bytes(B: int, T: int, H: int, F: int, Dv: int, backward: bool, element: int = 4) -> float:
+    """The least the op moves: forward reads q, k ``[B, T, H, F]`` and v, writes o; backward also reads o and do and
+    writes dq, dk, dv."""
+    forward = 2 * F + 2 * Dv
+    return element * B * T * H * (forward + (2 * F + 4 * Dv if backward else 0))
+
+
 def run_encoder(p: dict, rate: float) -> list[dict]:
-    """Rows ``kernel, B, T, F, mode, features_s, op_s, op_reference_s, floor_s`` (mode forward or
+    """Rows ``kernel, B, T, F, mode, features_s, op_s, op_reference_s, floor_s, memory_floor_s`` (mode forward or
     forward+backward) for every registered kernel at every ``(B, T)`` of ``p["encoder"]``."""
     e, rows = p["encoder"], []
+    bandwidth = measure.copy_bandwidth("cpu")
     H, d, Dv = e["heads"], e["head_dim"], e["head_dim_v"]
     gen = torch.Generator().manual_seed(p.get("seed", 0))
     names = e.get("kernels") or kernels.available()
@@ -79,6 +88,8 @@ def run_encoder(p: dict, rate: float) -> list[dict]:
             F = fm.feature_dim
             floor = 4 * B * H * T * F * (Dv + 1) / rate
             for mode, factor in (("forward", 1), ("forward+backward", 3)):
+                memory = op_bytes(B, T, H, F, Dv, False) + (op_bytes(B, T, H, F, Dv, True) if factor > 1 else 0)
                 rows.append(dict(kernel=name, B=B, T=T, F=F, mode=mode, features_s=feats[mode], op_s=op[mode],
-                                 op_reference_s=ref.get(mode), floor_s=factor * floor))  # fmt: skip
+                                 op_reference_s=ref.get(mode), floor_s=factor * floor,
+                                 memory_floor_s=memory / bandwidth, copy_bandwidth=bandwidth))  # fmt: skip
     return rows

@@ -191,8 +191,13 @@ def _encoder_tables(rows: list[dict]) -> list[str]:
                           "features q+k": _fmt_time(r["features_s"]), "op": _fmt_time(r["op_s"]),
                           "op, PyTorch path": _fmt_time(r["op_reference_s"]), "op floor": _fmt_time(r["floor_s"]),
                           "op / floor": f"{r['op_s'] / r['floor_s']:.2f}",
+                          "memory floor": _fmt_time(r.get("memory_floor_s")),
+                          "op / larger floor": f"{r['op_s'] / max(r['floor_s'], r.get('memory_floor_s') or 0):.2f}",
                           "features / op": f"{r['features_s'] / r['op_s']:.2f}"})  # fmt: skip
         title = f"## encoder: feature maps and the bidirectional op, B {B}, T {T} (LRA layer heads)"
+        bandwidth = next(r.get("copy_bandwidth") for r in rows if (r["B"], r["T"]) == (B, T))
+        if bandwidth:
+            title += f"; copy bandwidth {bandwidth / 1e9:.1f} GB/s"
         lines += [title, "", *_table(table)]
     return lines
 
