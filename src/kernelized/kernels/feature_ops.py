@@ -24,9 +24,10 @@ class _TrigFeatures(torch.autograd.Function):
     def forward(ctx, u, amp, smoothing):
         M = u.shape[-1]
         out = u.new_empty(*u.shape[:-1], 2 * M + (smoothing is not None))
-        cos, sin = out[..., :M], out[..., M : 2 * M]
-        torch.cos(u, out=cos).mul_(amp)
-        torch.sin(u, out=sin).mul_(amp)
+        # cos/sin into fresh tensors, then the product into the slices: a unary op writing a strided slice itself
+        # (out=) took 2.5x as long on the CPU as writing a fresh tensor; a binary op's strided out= costs nothing
+        torch.mul(torch.cos(u), amp, out=out[..., :M])
+        torch.mul(torch.sin(u), amp, out=out[..., M : 2 * M])
         if smoothing is not None:
             out[..., 2 * M].fill_(smoothing)
         ctx.save_for_backward(out, amp)

@@ -69,7 +69,7 @@ PUBLISHED_OUT = "docs/bench"
 class MaxLen:
     """Longest T at which the capped forms are timed (0: never; the decode section still times the step)."""
 
-    quadratic: int = 4096  # polynomial and parallel forms: T x T scores
+    quadratic: int = 4096  # the parallel form (T x T scores), and the polynomial form where its kernels do not run
     recurrent: int = 0  # the per-token recurrent form: a Python loop over T
 
 
