@@ -23,19 +23,19 @@ def _inputs(B: int, T: int, H: int, d: int, Dv: int, gen: torch.Generator) -> li
     return [q, k, torch.randn(B, T, H, Dv, generator=gen).requires_grad_()]
 
 
-def _features_calls(fm, q, k) -> dict:
-    """Forward and forward + backward of ``fm.query(q)`` and ``fm.key(k)`` (the draw policy applied once)."""
+def _features_calls(fm, q, k, grads) -> dict:
+    """Forward and forward + backward of ``fm.query_key(q, k)`` (the draw policy applied once, as a layer does),
+    the incoming gradients ``grads`` made beforehand."""
+    params = [p for p in fm.parameters() if p.requires_grad]
 
     def fwd():
         with torch.no_grad():
             fm.on_forward()
-            return fm.query(q), fm.key(k)
+            return fm.query_key(q, k)
 
     def fwd_bwd():
         fm.on_forward()
-        qf, kf = fm.query(q), fm.key(k)
-        grads = (torch.ones_like(qf), torch.ones_like(kf))
-        torch.autograd.grad((qf, kf), [q, k, *fm.parameters()], grads, allow_unused=True)
+        torch.autograd.grad(fm.query_key(q, k), [q, k, *params], grads, allow_unused=True)
 
     return {"forward": fwd, "forward+backward": fwd_bwd}
 
@@ -79,9 +79,10 @@ def run_encoder(p: dict, rate: float) -> list[dict]:
             torch.manual_seed(0)
             fm = kernels.build(name, head_dim=d, num_heads=H).train()
             q, k, v = _inputs(B, T, H, d, Dv, gen)
-            feats = _time_calls(_features_calls(fm, q, k), e)
             with torch.no_grad():
-                qf, kf = (x.detach().requires_grad_() for x in (fm.query(q), fm.key(k)))
+                qf, kf = (x.detach().requires_grad_() for x in fm.query_key(q, k))
+            grads = (torch.randn(qf.shape, generator=gen), torch.randn(kf.shape, generator=gen))
+            feats = _time_calls(_features_calls(fm, q, k, grads), e)
             calls = _op_calls(qf, kf, v, torch.randn(B, T, H, Dv, generator=gen))
             op = _time_calls(calls, e)
             ref = _time_calls(calls, e, pytorch_path=True) if name in e["reference_kernels"] else {}
