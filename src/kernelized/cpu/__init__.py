@@ -108,6 +108,7 @@ def _torch_blas() -> dict[str, int]:
 
 
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+_HEADS = [_P, _L, _L, _L]
 _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) pairs
     "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
     "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
@@ -115,9 +116,10 @@ _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) p
     "bidirectional_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _L, _I, _I, _I, _D],
     "bidirectional_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _L, _P, _L,
                                _P, _L, _I, _I, _I],
-    "polynomial_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _I, _I, _I, _P, _D, _I, _D],
-    "polynomial_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _L, _L, _I, _I,
-                            _I, _P, _D, _I],
+    # batched over (batch, head) pairs; each strided tensor is _HEADS: pointer, batch, head and row strides
+    "polynomial_forward": [_P, *_HEADS * 3, _P, *_HEADS, _P, _L, _L, _L, _L, _I, _I, _I, _P, _D, _I, _D],
+    "polynomial_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, *_HEADS * 3, _L, _L, _L, _L, _I, _I, _I, _P, _D,
+                            _I],
     "monomials2_forward": [_P, _L, _I, _P, _P, _L],
     "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
 }  # fmt: skip
@@ -169,6 +171,13 @@ def row_pointers(x: torch.Tensor):
     base, size = x.data_ptr(), x.element_size()
     sb, ld, sh = x.stride(0) * size, x.stride(1), x.stride(2) * size
     return lambda b, h, _alive=x: (base + b * sb + h * sh, ld)  # the closure keeps x (maybe a copy) alive
+
+
+def heads(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """For ``x [B, L, H, X]`` with unit-stride rows: ``(pointer, batch stride, head stride, row stride)`` in
+    elements, as the batched kernels take a strided tensor (the caller keeps x alive during the call)."""
+    assert x.stride(3) == 1 and x.stride(1) >= x.shape[3], (x.shape, x.stride())
+    return x.data_ptr(), x.stride(0), x.stride(2), x.stride(1)
 
 
 def block_pointers(x: torch.Tensor | None):

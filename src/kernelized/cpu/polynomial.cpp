@@ -113,22 +113,62 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     }
 }
 
+// Strided [B, L, H, X] tensors for the batched entry points: element offsets of batch b and head h, row stride ld.
+template <typename T>
+struct Heads {
+    T* base;
+    long sb, sh, ld;
+    T* at(long b, long h) const { return base + b * sb + h * sh; }
+};
+
+// Every (batch, head) sequence i in [i0, i1) (b = i / H, h = i % H) in one call: a Python loop of one call per
+// sequence cost more than the kernel itself at the MQAR demo's shape (192 sequences of 64 tokens).
+template <typename T>
+void forward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep, Heads<T> o,
+                   T* norm, long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale,
+                   int normalize, T eps) {
+    for (long i = i0; i < i1; ++i) {
+        const long b = i / H, h = i % H;
+        forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
+                   o.at(b, h), o.ld, norm ? norm + i * L : nullptr, L, d, Dv, causal, coef, scale, normalize, eps);
+    }
+}
+
+template <typename T>
+void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep,
+                    Heads<const T> d_o, Heads<const T> o, const T* norm, Heads<T> dq, Heads<T> dk, Heads<T> dv, long H,
+                    long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize) {
+    for (long i = i0; i < i1; ++i) {
+        const long b = i / H, h = i % H;
+        backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
+                    d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, norm ? norm + i * L : nullptr, dq.at(b, h), dq.ld,
+                    dk.at(b, h), dk.ld, dv.at(b, h), dv.ld, L, d, Dv, causal, coef, scale, normalize);
+    }
+}
+
 }  // namespace
 
-#define KZ_EXPORT(T, suffix)                                                                                    \
-    extern "C" void polynomial_forward_##suffix(void* gemm, const T* q, long ldq, const T* k, long ldk,         \
-                                                const T* v, long ldv, const T* keep, T* o, long ldo, T* norm,   \
-                                                long L, int d, int Dv, int causal, const T* coef, double scale, \
-                                                int normalize, double eps) {                                    \
-        forward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, o, ldo, norm, L, d, Dv,   \
-                   causal, coef, static_cast<T>(scale), normalize, static_cast<T>(eps));                        \
-    }                                                                                                           \
-    extern "C" void polynomial_backward_##suffix(                                                               \
-        void* gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,            \
-        const T* d_o, long lddo, const T* o, long ldo, const T* norm, T* dq, long lddq, T* dk, long lddk,       \
-        T* dv, long lddv, long L, int d, int Dv, int causal, const T* coef, double scale, int normalize) {       \
-        backward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, d_o, lddo, o, ldo, norm, \
-                    dq, lddq, dk, lddk, dv, lddv, L, d, Dv, causal, coef, static_cast<T>(scale), normalize);    \
+// Each strided tensor is passed as (pointer, batch stride, head stride, row stride), in elements.
+#define KZ_HEADS(T, x) T *x, long x##_sb, long x##_sh, long x##_ld
+#define KZ_AT(T, x) Heads<T>{x, x##_sb, x##_sh, x##_ld}
+#define KZ_EXPORT(T, suffix)                                                                                     \
+    extern "C" void polynomial_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),          \
+                                                KZ_HEADS(const T, v), const T* keep, KZ_HEADS(T, o), T* norm,    \
+                                                long H, long i0, long i1, long L, int d, int Dv, int causal,     \
+                                                const T* coef, double scale, int normalize, double eps) {        \
+        forward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),              \
+                         KZ_AT(const T, v), keep, KZ_AT(T, o), norm, H, i0, i1, L, d, Dv, causal, coef,          \
+                         static_cast<T>(scale), normalize, static_cast<T>(eps));                                 \
+    }                                                                                                            \
+    extern "C" void polynomial_backward_##suffix(                                                                \
+        void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
+        KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* norm, KZ_HEADS(T, dq), KZ_HEADS(T, dk),           \
+        KZ_HEADS(T, dv), long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, double scale, \
+        int normalize) {                                                                                         \
+        backward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),             \
+                          KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), norm, KZ_AT(T, dq),   \
+                          KZ_AT(T, dk), KZ_AT(T, dv), H, i0, i1, L, d, Dv, causal, coef, static_cast<T>(scale),  \
+                          normalize);                                                                            \
     }
 
 KZ_EXPORT(float, f32)

@@ -127,22 +127,19 @@ def _kernel(name: str, dtype: torch.dtype):
 
 
 def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
-    """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``, one kernel call per
-    (batch, head) sequence."""
+    """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``: the kernel takes a
+    contiguous range of (batch, head) sequences per call, one range per worker thread."""
     B, T, H, d = q.shape
     Dv = v.shape[-1]
     fn, gemm = _kernel("polynomial_forward", v.dtype)
     o = v.new_empty(B, T, H, Dv)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
-    q_, k_, v_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, o))
-    keep_, norm_ = _cpu.block_pointers(None if keep is None else keep[:, None]), _cpu.block_pointers(norm)
+    q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
+    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _pointer(keep), *_cpu.heads(o), _pointer(norm), H]
     normalize, eps_ = int(eps is not None), 0.0 if eps is None else eps
 
     def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), *o_(b, h), norm_(b, h), T, d, Dv, int(causal),
-               coef.data_ptr(), scale, normalize, eps_)  # fmt: skip
+        fn(gemm, *args, items.start, items.stop, T, d, Dv, int(causal), coef.data_ptr(), scale, normalize, eps_)
 
     _cpu.run_parallel(pairs, B * H)
     return o, norm
@@ -153,16 +150,17 @@ def _compiled_backward(q, k, v, keep, coef, scale, causal, eps, do, o, norm):
     Dv = v.shape[-1]
     fn, gemm = _kernel("polynomial_backward", v.dtype)
     dq, dk, dv = q.new_empty(B, T, H, d), k.new_empty(B, T, H, d), v.new_empty(B, T, H, Dv)
-    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
-    dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
-    keep_, norm_ = _cpu.block_pointers(None if keep is None else keep[:, None]), _cpu.block_pointers(norm)
+    q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
+    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _pointer(keep), *_cpu.heads(do), *_cpu.heads(o),
+            _pointer(norm), *_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), H]  # fmt: skip
 
     def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), *do_(b, h), *o_(b, h), norm_(b, h),
-               *dq_(b, h), *dk_(b, h), *dv_(b, h), T, d, Dv, int(causal), coef.data_ptr(), scale,
-               int(eps is not None))  # fmt: skip
+        fn(gemm, *args, items.start, items.stop, T, d, Dv, int(causal), coef.data_ptr(), scale, int(eps is not None))
 
     _cpu.run_parallel(pairs, B * H)
     return dq, dk, dv
+
+
+def _pointer(x: torch.Tensor | None):
+    """A contiguous tensor's data pointer, or NULL."""
+    return None if x is None else x.data_ptr()
