@@ -62,21 +62,9 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1, n = static_cast<int>(L);
     std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0));
-    for (long t = 0; t < L; ++t) {  // o = num / den: dnum = do / den, dden = -(do . o) / den
-        const T* g = d_o + t * lddo;
+    for (long t = 0; t < L; ++t) {  // the gradient of [numerator, normaliser]
         T* y = dy.data() + t * D1;
-        if (normalize) {
-            const T* ot = o + t * ldo;
-            const T inv = T(1) / norm[t];
-            T dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < Dv; ++d) dot += g[d] * ot[d];
-            for (int d = 0; d < Dv; ++d) y[d] = g[d] * inv;
-            y[Dv] = -dot * inv;
-        } else {
-            std::memcpy(y, g, sizeof(T) * Dv);
-            y[Dv] = 0;
-        }
+        y[Dv] = kz::output_gradient(d_o + t * lddo, o + t * ldo, normalize ? norm[t] : T(1), Dv, normalize, y);
     }
     if (dS_final) std::memcpy(G.data(), dS_final, sizeof(T) * F * D1);
     mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);                      // dq = dy S^T

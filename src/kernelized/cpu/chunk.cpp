@@ -102,20 +102,9 @@ void backward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T*
         const T *vc = v + t0 * ldv, *A = scores + n * C * C;
         T *dqc = dq + t0 * lddq, *dkc = dk + t0 * lddk, *dvc = dv + t0 * lddv;
         for (int i = 0; i < C; ++i) {  // gradient of [numerator, normaliser]
-            const T* g = d_o + (t0 + i) * lddo;
             T* y = dy + static_cast<long>(i) * W;
-            if (normalize) {  // o = num / den: dnum = do / den, dden = -(do . o) / den
-                const T* oi = o + (t0 + i) * ldo;
-                const T inv = T(1) / norm[t0 + i];
-                T dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (int d = 0; d < Dv; ++d) dot += g[d] * oi[d];
-                for (int d = 0; d < Dv; ++d) y[d] = g[d] * inv;
-                y[Dv] = -dot * inv;
-            } else {
-                std::memcpy(y, g, sizeof(T) * Dv);
-                y[Dv] = 0;
-            }
+            const T den = normalize ? norm[t0 + i] : T(1);
+            y[Dv] = kz::output_gradient(d_o + (t0 + i) * lddo, o + (t0 + i) * ldo, den, Dv, normalize, y);
         }
         mm(false, true, h, h, Dv, 1, dy, W, vc, ldv, 0, P, W);  // P = dnum v^T + dden 1^T, masked
         mm(false, true, C - h, C, Dv, 1, dy + h * W, W, vc, ldv, 0, P + h * W, W);

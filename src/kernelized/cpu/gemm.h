@@ -1,4 +1,4 @@
-// What the kernels share: the row-major gemm on torch's BLAS pointer and two copies. Header-only, included by
+// What the kernels share: the row-major gemm on torch's BLAS pointer, two copies, the output's gradient. Header-only, included by
 // every source of the library (kernelized/cpu/__init__.py hashes it with them).
 
 #pragma once
@@ -34,6 +34,22 @@ void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = 
 template <typename T>
 void copy_rows(const T* a, long lda, int rows, int cols, T* out) {  // out [rows, cols] contiguous
     for (int i = 0; i < rows; ++i) std::memcpy(out + static_cast<long>(i) * cols, a + i * lda, sizeof(T) * cols);
+}
+
+// The gradient reaching [numerator, normaliser] of one output row: o = num / den gives dnum = do / den (written to
+// dnum[0..Dv)) and dden = -(do . o) / den (returned); without normalisation (normalize 0) dnum = do and dden = 0.
+template <typename T>
+T output_gradient(const T* d_o, const T* o, T den, int Dv, int normalize, T* dnum) {
+    if (!normalize) {
+        std::memcpy(dnum, d_o, sizeof(T) * Dv);
+        return T(0);
+    }
+    const T inv = T(1) / den;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)  // vectorised sums (-fopenmp-simd; strict IEEE order would forbid it)
+    for (int d = 0; d < Dv; ++d) dot += d_o[d] * o[d];
+    for (int d = 0; d < Dv; ++d) dnum[d] = d_o[d] * inv;
+    return -dot * inv;
 }
 
 }  // namespace kz

@@ -84,20 +84,10 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
         const int rows = static_cast<int>(std::min<long>(QB, L - i0));
         const int n = causal ? static_cast<int>(i0 + rows) : static_cast<int>(L);
         block_scores(mm, q, ldq, k, ldk, keep, i0, rows, n, d, causal, scale, poly, S.data(), A.data());
-        for (int r = 0; r < rows; ++r) {  // o = num / den: dnum = do / den, dden = -(do . o) / den
-            const T* g = d_o + (i0 + r) * lddo;
-            T* dn = dnum.data() + static_cast<long>(r) * Dv;
-            if (!normalize) {
-                std::memcpy(dn, g, sizeof(T) * Dv);
-                dden[r] = 0;
-                continue;
-            }
-            const T* orow = o + (i0 + r) * ldo;
-            const T inv = T(1) / norm[i0 + r];
-            T dot = 0;
-            for (int c = 0; c < Dv; ++c) dot += g[c] * orow[c];
-            for (int c = 0; c < Dv; ++c) dn[c] = g[c] * inv;
-            dden[r] = -dot * inv;
+        for (int r = 0; r < rows; ++r) {  // the gradient of [numerator, normaliser]
+            const T den = normalize ? norm[i0 + r] : T(1);
+            dden[r] = kz::output_gradient(d_o + (i0 + r) * lddo, o + (i0 + r) * ldo, den, Dv, normalize,
+                                          dnum.data() + static_cast<long>(r) * Dv);
         }
         mm(true, false, n, Dv, rows, 1, A.data(), n, dnum.data(), Dv, 1, dv, lddv);  // dv += A^T dnum
         mm(false, true, rows, n, Dv, 1, dnum.data(), Dv, v, ldv, 0, P.data(), n);     // P = dnum v^T

@@ -268,15 +268,6 @@ class SoftmaxAttention(nn.Module):
         )
         return o.masked_fill(empty, 0.0).transpose(1, 2)
 
-    def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
-        """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form
-        for polynomial maps), ``"chunk"`` or ``"recurrent"`` (``stateful``: a state goes in or comes out)."""
-        return ops.cost.choose_form(
-            x.shape[1], self.feature_dim, self.feature_map.feature_dim, self.head_dim_v, self.causal,
-            x.device.type, polynomial=self.feature_map.polynomial_form is not None, stateful=stateful,
-            chunk_size=self.chunk_size,
-        )  # fmt: skip
-
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax weights ``[B, H, T, T]``."""
