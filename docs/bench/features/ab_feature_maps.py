@@ -59,21 +59,22 @@ def time_kernel(name: str, gen) -> dict[str, float]:
     return {n: measure.timed(f, "cpu", 2, 5, float("inf"))[0] for n, f in calls}
 
 
-def child() -> None:
-    """Print JSON {kernel: {forward, forward+backward, op}} for every registered kernel."""
+def child(names: list[str]) -> None:
+    """Print JSON {kernel: {forward, forward+backward, op}} for ``names`` (default: every registered kernel)."""
     import torch
 
     from kernelized import kernels
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
-    print(json.dumps({name: time_kernel(name, gen) for name in kernels.available()}))
+    print(json.dumps({name: time_kernel(name, gen) for name in names or kernels.available()}))
 
 
-def run(revision: str, folder: str) -> dict:
+def run(revision: str, folder: str, names: list[str]) -> dict:
     src = os.path.join(folder, "src")
     env = dict(os.environ, PYTHONPATH=src)
-    proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
+    argv = [sys.executable, __file__, "--child", *(["--kernels", ",".join(names)] if names else [])]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -82,9 +83,11 @@ def main() -> None:
     parser.add_argument("revisions", nargs="*")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--kernels", default="", help="comma-separated kernel names (default: all)")
     args = parser.parse_args()
+    names = [n for n in args.kernels.split(",") if n]
     if args.child:
-        return child()
+        return child(names)
     before, after = args.revisions
     results: dict[str, list[dict]] = {before: [], after: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +98,7 @@ def main() -> None:
         try:
             for _ in range(args.rounds):
                 for rev in (before, after):
-                    results[rev].append(run(rev, folders[rev]))
+                    results[rev].append(run(rev, folders[rev], names))
         finally:
             for folder in folders.values():
                 subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
