@@ -8,7 +8,7 @@ import torch
 
 from kernelized import kernels
 from kernelized.kernels.feature_ops import exp_features, trig_features
-from kernelized.kernels.random_features import head_matmul, prf_exponents, rks_features
+from kernelized.kernels.random_features import prf_exponents, rks_features
 from tests.conftest import assert_close
 
 H, M = 3, 7
@@ -33,46 +33,26 @@ def test_trig_features_equal_the_torch_ops_with_all_gradients(smoothing):
     )
 
 
-def _prf_reference(fm, x, role):
-    """PRF features in plain torch ops: ``exp(prf_exponents(...))`` with the stabiliser, as before the fusion."""
-    noise = fm.current_noise()
-    omega, weight = fm.frequencies(noise), fm.weights(noise)
-    xs = x * fm.input_scale
-    a = prf_exponents(head_matmul(xs, omega), (xs * xs).sum(-1, keepdim=True), weight, fm.norm_offset, fm.hyperbolic)
-    if fm.stabilize and role == "query":
+@pytest.mark.parametrize("hyperbolic", [False, True])
+@pytest.mark.parametrize("stabiliser", ["none", "query", "key"])
+def test_exp_features_equal_the_torch_ops_with_all_gradients(hyperbolic, stabiliser):
+    u, weight = _u(), (torch.rand(H, M, dtype=torch.float64) + 0.1).requires_grad_()
+    sq = (torch.rand(2, 5, H, 1, dtype=torch.float64) * 2).requires_grad_()
+    shift = torch.tensor([0.0, 1.5, 3.0], dtype=torch.float64) if stabiliser == "key" else None
+    a = prf_exponents(u, sq, weight, 0.7, hyperbolic)
+    if stabiliser == "query":
         a = a - a.amax(-1, keepdim=True).detach()
-    elif fm.stabilize:
-        a = a - fm.key_shift(noise)[:, None]
-    return torch.exp(a)
-
-
-@pytest.mark.parametrize("name,options", [("gmm-prf", {}), ("performer", {"orthogonal": False}),
-                                          ("gmm-prf", {"hyperbolic": True}), ("fastfood-prf", {})])  # fmt: skip
-@pytest.mark.parametrize("role", ["query", "key"])
-def test_prf_features_from_one_matmul_equal_the_torch_ops_with_all_gradients(name, options, role):
-    """The log-features ``w.x - c|x|^2 + log a`` out of one matmul of ``[x, |x|^2, 1]``, then exp in place, against
-    the torch-op statement: values and the gradients of the input and of every learned parameter."""
-    torch.manual_seed(0)
-    fm = kernels.build(name, head_dim=6, num_heads=H, **options).double()
-    with torch.no_grad():  # a wide draw, so the key stabiliser's shift is active for the gmm maps
-        for p in fm.parameters():
-            p.mul_(3.0)
-    x = torch.randn(2, 5, H, 6, dtype=torch.float64, requires_grad=True)
-    params = [p for p in fm.parameters() if p.requires_grad]
-    ref, out = _prf_reference(fm, x, role), fm.features(x, role)
-    assert_close("features", ref, out, ratio=1e-13)
+    elif stabiliser == "key":
+        a = a - shift[:, None]
+    ref = torch.exp(a)
+    log_amp = 0.5 * torch.log(weight) - (0.5 * torch.log(torch.tensor(2.0, dtype=torch.float64)) if hyperbolic else 0)
+    out = exp_features(u, sq, log_amp, 0.7, hyperbolic, shift, query_max=stabiliser == "query")
+    assert out.shape[-1] == (2 * M if hyperbolic else M)
+    assert_close("features", ref, out, ratio=1e-14)
     g = torch.randn_like(ref)
-    for r, o in zip(torch.autograd.grad(ref, [x, *params], g), torch.autograd.grad(out, [x, *params], g)):
-        assert_close("gradient", r, o, ratio=1e-12)
-
-
-def test_exp_features_stabilise_in_place():
-    a = torch.randn(4, H, 5, dtype=torch.float64)
-    shift = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
-    assert torch.equal(exp_features(a.clone(), shift), torch.exp(a - shift[:, None]))
-    assert torch.equal(exp_features(a.clone(), query_max=True), torch.exp(a - a.amax(-1, keepdim=True)))
-    # with a fixed shift this is exp itself (the query max is detached on purpose: it cancels in attention)
-    assert torch.autograd.gradcheck(lambda t: exp_features(t * 1.0, shift), (a.requires_grad_(),))
+    for name, r, o in zip(("du", "dsq", "dweight"), torch.autograd.grad(ref, (u, sq, weight), g),
+                          torch.autograd.grad(out, (u, sq, weight), g)):  # fmt: skip
+        assert_close(name, r, o, ratio=1e-13)
 
 
 @pytest.mark.parametrize("name", ["gmm-rks", "gmm-prf", "fastfood-rks", "generative-prf", "performer"])

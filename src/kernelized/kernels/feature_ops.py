@@ -1,14 +1,12 @@
 """The elementwise part of random features as two autograd functions that write the features once and keep only
-them for backward: ``trig_features`` (RKS: ``[a cos u, a sin u, s]``) and ``exp_features`` (PRF: ``exp`` of the
-log-features, with the stabiliser's shifts, in place).
+them for backward: ``trig_features`` (RKS: ``[a cos u, a sin u, s]``) and ``exp_features`` (PRF: ``exp(u - c|x|^2 +
+log a)``, the hyperbolic pair, the stabiliser's shifts).
 
-Written with torch ops the same RKS features cost a cos, a sin, two products and a concatenation forward (five
+Written with torch ops the same features cost a cos, a sin, two products and a concatenation forward (five
 ``[..., H, M]``-sized tensors written, three kept for backward) and as many again backward. Here each part is
-computed into its slice of the output, and the gradients come from the output alone: ``d(a cos u)/du =
--(a sin u)``, ``d(exp(.))/d(.) = exp(.)``. PRF's log-features ``w.x - c|x|^2 + log a`` (and the hyperbolic pair's
-``-w.x - c|x|^2 + log a``) come out of one matmul of ``[x, |x|^2, 1]`` with ``[w, -c, log a]`` rows, so the shift
-terms cost no pass of their own. Shapes: ``u [..., H, M]``, per-frequency ``a [H, M]``; float inputs of any dtype
-(the maps call them in float32 or float64).
+computed into its slice of the output in place, and the gradients come from the output alone: ``d(a cos u)/du =
+-(a sin u)``, ``d(exp(.))/d(.) = exp(.)``. Shapes: ``u [..., H, M]``, per-frequency ``a, log a [H, M]``, ``|x|^2
+[..., H, 1]``; float inputs of any dtype (the maps call them in float32 or float64).
 """
 
 from __future__ import annotations
@@ -55,25 +53,46 @@ def trig_features(u: torch.Tensor, amp: torch.Tensor, smoothing: float | None) -
 
 class _ExpFeatures(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, key_shift, query_max):
-        ctx.mark_dirty(a)  # the exponents become the features in place: nothing else is written
+    def forward(ctx, u, sq_norm, log_amp, offset, hyperbolic, key_shift, query_max):
+        M = u.shape[-1]
+        out = u.new_empty(*u.shape[:-1], 2 * M if hyperbolic else M)
+        torch.sub(u, sq_norm, alpha=offset, out=out[..., :M]).add_(log_amp)
+        if hyperbolic:  # the pair exp(-u - c|x|^2 + log a)
+            torch.sub(log_amp, u, out=out[..., M:]).sub_(sq_norm, alpha=offset)
         if query_max:  # each query's own largest log-feature (detached: it cancels in normalised attention)
-            a.sub_(a.amax(-1, keepdim=True))
+            out.sub_(out.amax(-1, keepdim=True))
         elif key_shift is not None:
-            a.sub_(key_shift[:, None])
-        out = a.exp_()
+            out.sub_(key_shift[:, None])
+        out.exp_()
         ctx.save_for_backward(out)
+        ctx.offset, ctx.hyperbolic, ctx.M = offset, hyperbolic, M
         return out
 
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
-        return g * out, None, None
+        M, H = ctx.M, out.shape[-2]
+        g_exp = g * out  # the gradient of every log-feature
+        if ctx.hyperbolic:
+            du, d_log = g_exp[..., :M] - g_exp[..., M:], g_exp[..., :M] + g_exp[..., M:]
+        else:
+            du = d_log = g_exp
+        d_sq = g_exp.sum(-1, keepdim=True).mul_(-ctx.offset) if ctx.needs_input_grad[1] else None
+        d_log_amp = _over_heads(d_log, H, M) if ctx.needs_input_grad[2] else None
+        return du, d_sq, d_log_amp, None, None, None, None
 
 
-def exp_features(a: torch.Tensor, key_shift: torch.Tensor | None = None, query_max: bool = False) -> torch.Tensor:
-    """``exp(a)`` of log-features ``a [..., H, F]`` (PRF: ``w.x - c|x|^2 + log a``, made by one matmul, see
-    ``RandomFeatureMap``), computed in place: ``a`` is consumed. Stabiliser: ``query_max`` divides each token's
-    features by their largest; ``key_shift [H]`` (detached) divides every key's by ``exp(b_h)``."""
-    shift = None if key_shift is None else key_shift.detach().to(a.dtype)
-    return _ExpFeatures.apply(a, shift, query_max)
+def exp_features(
+    u: torch.Tensor,
+    sq_norm: torch.Tensor,
+    log_amp: torch.Tensor,
+    offset: float,
+    hyperbolic: bool,
+    key_shift: torch.Tensor | None = None,
+    query_max: bool = False,
+) -> torch.Tensor:
+    """``exp(u - c|x|^2 + log a)`` (and, ``hyperbolic``, ``exp(-u - c|x|^2 + log a)`` after it): ``u [..., H, M]``,
+    ``sq_norm [..., H, 1]``, ``log_amp [H, M]`` -> ``[..., H, M or 2M]``. Stabiliser: ``query_max`` divides each
+    token's features by their largest; ``key_shift [H]`` (detached) divides every key's by ``exp(b_h)``."""
+    shift = None if key_shift is None else key_shift.detach().to(u.dtype)
+    return _ExpFeatures.apply(u, sq_norm, log_amp.to(u.dtype), float(offset), bool(hyperbolic), shift, query_max)

@@ -365,24 +365,15 @@ class RandomFeatureMap(FeatureMap):
         dtype = x.dtype
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-            if self.estimator == "rks":  # (s x) . w = x . (s w): the scale on the small operand
-                u = head_matmul(x, omega.to(x.dtype) * self.input_scale)
-                return trig_features(u, weight.sqrt(), self.smoothing).to(dtype)
             shift = self._key_shift(omega, weight) if self.stabilize and role != "query" else None
-            a = head_matmul(*self._log_feature_operands(x, omega, weight))
-            return exp_features(a, shift, query_max=self.stabilize and role == "query").to(dtype)
-
-    def _log_feature_operands(self, x: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor):
-        """``[x, |x~|^2, 1] [..., H, d+2]`` and the rows ``[s w, -c, log a] [H, F, d+2]`` (then ``[-s w, -c, log a]``
-        for the hyperbolic pair), whose product is every PRF log-feature ``w.x~ - c|x~|^2 + log a`` at once."""
-        s, log_amp = self.input_scale, 0.5 * torch.log(weight.to(x.dtype))
-        if self.hyperbolic:  # the pair [exp(+u), exp(-u)] shares each weight
-            log_amp = log_amp - 0.5 * math.log(2.0)
-        w = omega.to(x.dtype) * s
-        tail = torch.stack([torch.full_like(log_amp, -self.norm_offset), log_amp], -1)  # [H, M, 2]
-        rows = [torch.cat([w, tail], -1)] + ([torch.cat([-w, tail], -1)] if self.hyperbolic else [])
-        sq = (x * x).sum(-1, keepdim=True) * s**2
-        return torch.cat([x, sq, torch.ones_like(sq)], -1), torch.cat(rows, 1)
+            u = head_matmul(x, omega.to(x.dtype) * self.input_scale)  # (s x) . w = x . (s w): scale the small operand
+            if self.estimator == "rks":
+                return trig_features(u, weight.sqrt(), self.smoothing).to(dtype)
+            sq_norm = (x * x).sum(-1, keepdim=True) * self.input_scale**2
+            log_amp = 0.5 * torch.log(weight) - (0.5 * math.log(2.0) if self.hyperbolic else 0.0)
+            feats = exp_features(u, sq_norm, log_amp, self.norm_offset, self.hyperbolic, shift,
+                                 query_max=self.stabilize and role == "query")  # fmt: skip
+            return feats.to(dtype)
 
     @torch.no_grad()
     def key_shift(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
