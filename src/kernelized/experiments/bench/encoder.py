@@ -16,11 +16,16 @@ from tqdm import tqdm
 from kernelized import cpu as cpu_kernels
 from kernelized import kernels, ops
 from kernelized.experiments.bench import measure
+from kernelized.experiments.bench.cases import DTYPES
 
 
-def _inputs(B: int, T: int, H: int, d: int, Dv: int, gen: torch.Generator) -> list[torch.Tensor]:
-    q, k = (torch.randn(B, T, H, d, generator=gen).requires_grad_() for _ in range(2))
-    return [q, k, torch.randn(B, T, H, Dv, generator=gen).requires_grad_()]
+def _randn(shape, gen: torch.Generator, like: dict) -> torch.Tensor:
+    """Standard normal from the CPU generator ``gen``, then on the preset's device and dtype (``like``)."""
+    return torch.randn(*shape, generator=gen).to(**like)
+
+
+def _inputs(B: int, T: int, H: int, d: int, Dv: int, gen: torch.Generator, like: dict) -> list[torch.Tensor]:
+    return [_randn(shape, gen, like).requires_grad_() for shape in ((B, T, H, d), (B, T, H, d), (B, T, H, Dv))]
 
 
 def _features_calls(fm, q, k, grads) -> dict:
@@ -52,10 +57,10 @@ def _op_calls(qf, kf, v, grad_out) -> dict:
     return {"forward": fwd, "forward+backward": fwd_bwd}
 
 
-def _time_calls(calls: dict, e: dict, pytorch_path: bool = False) -> dict[str, float]:
+def _time_calls(calls: dict, e: dict, device: str, pytorch_path: bool = False) -> dict[str, float]:
     with cpu_kernels.pytorch_path() if pytorch_path else torch.enable_grad():
         return {
-            m: measure.timed(fn, "cpu", e["warmup"], e["repeats"], budget_s=float("inf"))[0] for m, fn in calls.items()
+            m: measure.timed(fn, device, e["warmup"], e["repeats"], budget_s=float("inf"))[0] for m, fn in calls.items()
         }
 
 
@@ -68,28 +73,31 @@ def op_bytes(B: int, T: int, H: int, F: int, Dv: int, backward: bool, element: i
 
 def run_encoder(p: dict, rate: float) -> list[dict]:
     """Rows ``kernel, B, T, F, mode, features_s, op_s, op_reference_s, floor_s, memory_floor_s`` (mode forward or
-    forward+backward) for every registered kernel at every ``(B, T)`` of ``p["encoder"]``."""
-    e, rows = p["encoder"], []
-    bandwidth = measure.copy_bandwidth("cpu")
+    forward+backward) for every registered kernel at every ``(B, T)`` of ``p["encoder"]``, on the preset's device
+    and dtype (the op's PyTorch path beside the compiled kernel on the CPU only)."""
+    e, rows, device = p["encoder"], [], p["device"]
+    like = dict(device=device, dtype=DTYPES[p["dtype"]])
+    bandwidth = measure.copy_bandwidth(device)
     H, d, Dv = e["heads"], e["head_dim"], e["head_dim_v"]
     gen = torch.Generator().manual_seed(p.get("seed", 0))
-    names = e.get("kernels") or kernels.available()
     for B, T in e["shapes"]:
-        for name in tqdm(names, desc=f"encoder (B {B}, T {T})", leave=False):
+        for name in tqdm(e.get("kernels") or kernels.available(), desc=f"encoder (B {B}, T {T})", leave=False):
             torch.manual_seed(0)
-            fm = kernels.build(name, head_dim=d, num_heads=H).train()
-            q, k, v = _inputs(B, T, H, d, Dv, gen)
+            fm = kernels.build(name, head_dim=d, num_heads=H).to(device).train()
+            q, k, v = _inputs(B, T, H, d, Dv, gen, like)
             with torch.no_grad():
                 qf, kf = (x.detach().requires_grad_() for x in fm.query_key(q, k))
-            grads = (torch.randn(qf.shape, generator=gen), torch.randn(kf.shape, generator=gen))
-            feats = _time_calls(_features_calls(fm, q, k, grads), e)
-            calls = _op_calls(qf, kf, v, torch.randn(B, T, H, Dv, generator=gen))
-            op = _time_calls(calls, e)
-            ref = _time_calls(calls, e, pytorch_path=True) if name in e["reference_kernels"] else {}
-            F = fm.feature_dim
+            feats = _time_calls(_features_calls(fm, q, k, (_randn(qf.shape, gen, like), _randn(kf.shape, gen, like))),
+                                e, device)  # fmt: skip
+            calls = _op_calls(qf, kf, v, _randn((B, T, H, Dv), gen, like))
+            op = _time_calls(calls, e, device)
+            ref = _time_calls(calls, e, device, True) if name in e["reference_kernels"] and device == "cpu" else {}
+            F, element = fm.feature_dim, qf.element_size()
             floor = 4 * B * H * T * F * (Dv + 1) / rate
             for mode, factor in (("forward", 1), ("forward+backward", 3)):
-                memory = op_bytes(B, T, H, F, Dv, False) + (op_bytes(B, T, H, F, Dv, True) if factor > 1 else 0)
+                memory = op_bytes(B, T, H, F, Dv, False, element) + (
+                    op_bytes(B, T, H, F, Dv, True, element) if factor > 1 else 0
+                )
                 rows.append(dict(kernel=name, B=B, T=T, F=F, mode=mode, features_s=feats[mode], op_s=op[mode],
                                  op_reference_s=ref.get(mode), floor_s=factor * floor,
                                  memory_floor_s=memory / bandwidth, copy_bandwidth=bandwidth))  # fmt: skip

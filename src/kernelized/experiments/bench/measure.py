@@ -135,7 +135,7 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5
 def copy_bandwidth(device: str, mib: int = 256, repeats: int = 5) -> float:
     """Measured bytes/s of ``y.copy_(x)`` on two fresh-allocated ``mib``-MiB float32 buffers (read + write, both
     counted): the yardstick of the memory floors, as :func:`matmul_rate` is of the FLOP floors."""
-    x = torch.ones(mib * 2**18, device=device)
+    x = torch.ones(mib * 2**18, device=device)  # float32: 4 bytes an element
     y = torch.empty_like(x)
     t, _ = timed(lambda: y.copy_(x), device, warmup=2, repeats=repeats, budget_s=math.inf)
     return 2 * x.numel() * x.element_size() / t
