@@ -159,6 +159,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     return library() is not None
 
 
+def kernel(name: str, dtype: torch.dtype):
+    """``(fn, gemm)``: the compiled function ``name`` (e.g. ``"chunk_forward"``) for ``dtype`` and the BLAS gemm
+    pointer it takes first (callers check :func:`usable` before)."""
+    lib, key = library(), DTYPES[dtype]
+    return getattr(lib, name)[key], lib.gemm[key]
+
+
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """``x [B, T, H, X]`` with unit-stride rows that BLAS can read (a copy only for odd layouts)."""
     return x if x.stride(-1) == 1 and x.stride(1) >= x.shape[-1] and x.stride(1) > 0 else x.contiguous()

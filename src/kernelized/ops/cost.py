@@ -36,13 +36,11 @@ class Device:
     implicit_half: bool  # the implicit form skips the masked half of the causal square (its kernels do)
 
 
-DEVICES = {
-    # calibrated on the 2-core CPU: docs/bench/forms/crossover.txt (causal and bidirectional crossovers of rebased
-    # and taylor between T = 1k and 2k; the materialised product never won)
-    "cpu": Device(implicit_score=0.0, quadratic_score=1000.0, feature_element=400.0, implicit_half=True),
-    # the Triton kernels skip the masked blocks too; the constants are the CPU's until a GPU run calibrates them
-    "cuda": Device(implicit_score=0.0, quadratic_score=1000.0, feature_element=400.0, implicit_half=True),
-}
+# calibrated on the 2-core CPU: docs/bench/forms/crossover.txt (causal and bidirectional crossovers of rebased and
+# taylor between T = 1k and 2k; the materialised product never won)
+CPU = Device(implicit_score=0.0, quadratic_score=1000.0, feature_element=400.0, implicit_half=True)
+# the Triton kernels skip the masked blocks too; CUDA takes the CPU's constants until a GPU run calibrates its own
+DEVICES = {"cpu": CPU, "cuda": CPU}
 
 
 def costs(
@@ -53,7 +51,7 @@ def costs(
     Args: T the length; d the q/k head size before the feature map; F the number of features; Dv the value size;
     polynomial: the map has an implicit form (``parallel`` then never forms features); device ``"cpu"``/``"cuda"``.
     """
-    dev = DEVICES.get(device, DEVICES["cpu"])
+    dev = DEVICES.get(device, CPU)
     features = 2 * F * dev.feature_element  # query and key features of one token
     if polynomial:  # the implicit form: (q.k)^p on the d-dimensional inputs, no features
         pairs = T / 2 if causal and dev.implicit_half else T

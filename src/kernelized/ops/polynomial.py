@@ -121,17 +121,12 @@ class _CompiledPolynomial(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _kernel(name: str, dtype: torch.dtype):
-    lib, key = _cpu.library(), _cpu.DTYPES[dtype]
-    return getattr(lib, name)[key], lib.gemm[key]
-
-
 def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
     """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``: the kernel takes a
     contiguous range of (batch, head) sequences per call, one range per worker thread."""
     B, T, H, d = q.shape
     Dv = v.shape[-1]
-    fn, gemm = _kernel("polynomial_forward", v.dtype)
+    fn, gemm = _cpu.kernel("polynomial_forward", v.dtype)
     o = v.new_empty(B, T, H, Dv)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
     q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
@@ -148,7 +143,7 @@ def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
 def _compiled_backward(q, k, v, keep, coef, scale, causal, eps, do, o, norm):
     B, T, H, d = q.shape
     Dv = v.shape[-1]
-    fn, gemm = _kernel("polynomial_backward", v.dtype)
+    fn, gemm = _cpu.kernel("polynomial_backward", v.dtype)
     dq, dk, dv = q.new_empty(B, T, H, d), k.new_empty(B, T, H, d), v.new_empty(B, T, H, Dv)
     q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
     args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _pointer(keep), *_cpu.heads(do), *_cpu.heads(o),

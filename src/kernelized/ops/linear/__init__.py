@@ -85,8 +85,8 @@ def linear_attention(
         keep = (~key_padding_mask).to(q.dtype)[:, :, None, None]
         k, v = k * keep, v * keep
 
-    if mode == "chunk":  # normalises inside, writing the output once
-        o, S, z = chunk_linear_attention(q, k, v, causal, initial_state, chunk_size, eps if normalize else None)
+    if mode == "chunk":  # causal here (bidirectional returned above); normalises inside, writing the output once
+        o, S, z = chunk_linear_attention(q, k, v, initial_state, chunk_size, eps if normalize else None)
     else:
         form = parallel_linear_attention if mode == "parallel" else recurrent_linear_attention
         num, den, S, z = form(q, k, v, causal, initial_state)

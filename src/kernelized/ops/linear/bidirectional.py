@@ -76,17 +76,12 @@ class _Bidirectional(torch.autograd.Function):
         return dq, dk, dv, None, dS0, None
 
 
-def _library(dtype: torch.dtype, name: str):
-    lib, key = _cpu.library(), _cpu.DTYPES[dtype]
-    return getattr(lib, name)[key], lib.gemm[key]
-
-
 def _compiled_forward(q, k, v, keep, S0, eps: float | None, save: bool):
     """``o [B, T, H, Dv]``, ``S [B, H, F, Dv+1]`` and, if ``save`` and normalising, the normaliser + eps
     ``[B, H, T]`` (else None), one (batch, head) sequence per kernel call."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
-    fn, gemm = _library(v.dtype, "bidirectional_forward")
+    fn, gemm = _cpu.kernel("bidirectional_forward", v.dtype)
     o, S = v.new_empty(B, T, H, Dv), v.new_empty(B, H, Fd, Dv + 1)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
     q_, k_, v_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, o))
@@ -108,7 +103,7 @@ def _compiled_backward(q, k, v, keep, do, o, S, norm, dS, eps: float | None, has
     """Gradients ``dq, dk [B, T, H, F]``, ``dv [B, T, H, Dv]`` and (if ``has_init``) ``dS0 [B, H, F, Dv+1]``."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
-    fn, gemm = _library(v.dtype, "bidirectional_backward")
+    fn, gemm = _cpu.kernel("bidirectional_backward", v.dtype)
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
     dS0 = v.new_empty(B, H, Fd, Dv + 1) if has_init else None
     q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from kernelized import cpu as _cpu
-from kernelized.ops.linear.bidirectional import bidirectional_linear_attention
 
 BLOCK_BYTES = 2.5 * 2**20  # working set of one block of chunks (see the module docstring)
 
@@ -41,19 +40,17 @@ def chunk_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    causal: bool,
     initial_state: tuple | None,
     chunk_size: int = 64,
     eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Linear attention in chunks: ``o [B, T, H, Dv]`` (divided by normaliser + eps, or the plain numerator
-    when ``eps`` is None) and the final state ``S [B, H, F, Dv]``, ``z [B, H, F]``.
+    """Causal linear attention in chunks: ``o [B, T, H, Dv]`` (divided by normaliser + eps, or the plain numerator
+    when ``eps`` is None) and the final state ``S [B, H, F, Dv]``, ``z [B, H, F]``. (The non-causal chunk form has
+    one state for every query: ``bidirectional.bidirectional_linear_attention``.)
 
     Inputs as in ``naive.parallel_linear_attention``: q, k ``[B, T, H, F]``, v ``[B, T, H, Dv]`` (validated,
     masked, float32 or float64), initial_state ``(S, z)`` or None.
     """
-    if not causal:  # one state for every query
-        return bidirectional_linear_attention(q, k, v, None, initial_state, eps)
     T, Dv = q.shape[1], v.shape[-1]
     S0 = None
     if initial_state is not None:
@@ -256,8 +253,7 @@ def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states
     """``_causal_forward`` by the compiled kernel, one (batch, head) sequence per call, into the given outputs."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
-    lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
-    fn, gemm = lib.chunk_forward[key], lib.gemm[key]
+    fn, gemm = _cpu.kernel("chunk_forward", v.dtype)
     q_, k_, v_, o_ = (_cpu.row_pointers(x) for x in (_cpu.unit_rows(q), _cpu.unit_rows(k), _cpu.unit_rows(v), o))
     S0_, Sf_, states_, scores_, norm_ = (_cpu.block_pointers(x) for x in (S0, S_final, states, scores, norm))
     normalize, eps = int(eps is not None), 0.0 if eps is None else eps
@@ -276,8 +272,7 @@ def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, e
     (filled in if given) ``[B, H, F, Dv+1]``."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
-    lib, key = _cpu.library(), _cpu.DTYPES[v.dtype]
-    fn, gemm = lib.chunk_backward[key], lib.gemm[key]
+    fn, gemm = _cpu.kernel("chunk_backward", v.dtype)
     dS_final = None if dS_final is None else dS_final.contiguous()
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
     q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
