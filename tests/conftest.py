@@ -22,6 +22,17 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float =
     assert rel < ratio, f"{name}: relative RMS error {rel:.3e} >= {ratio:.1e} (max abs diff {diff.max():.3e})"
 
 
+def prefill_then_decode(layer, x: torch.Tensor, prefill: int) -> torch.Tensor:
+    """``layer``'s outputs over ``x [B, T, d]``: one call on the first ``prefill`` tokens that returns its state, then
+    one call per remaining token from that state (as generation runs a mixer)."""
+    y, state = layer(x[:, :prefill], output_state=True)
+    parts = [y]
+    for t in range(prefill, x.shape[1]):
+        y, state = layer(x[:, t : t + 1], state=state, output_state=True)
+        parts.append(y)
+    return torch.cat(parts, 1)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models and draws run faster on one torch thread: intra-op threads only contend, badly so on a loaded

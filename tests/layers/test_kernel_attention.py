@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernelized import layers
-from tests.conftest import assert_close
+from tests.conftest import assert_close, prefill_then_decode
 
 KERNELS = [
     ("elu", {}),
@@ -90,13 +90,7 @@ def test_attention_weights_reproduce_the_output(causal):
 def test_softmax_and_baseconv_resume_and_weights():
     x = torch.randn(2, 25, 16, dtype=torch.float64)
     for layer in (layers.SoftmaxAttention(16, num_heads=2).double(), layers.BaseConv(16, kernel_size=4).double()):
-        y = layer(x)
-        y1, s = layer(x[:, :9], output_state=True)
-        parts = [y1]
-        for t in range(9, 25):
-            yt, s = layer(x[:, t : t + 1], state=s, output_state=True)
-            parts.append(yt)
-        assert_close(type(layer).__name__, y, torch.cat(parts, 1), ratio=1e-12)
+        assert_close(type(layer).__name__, layer(x), prefill_then_decode(layer, x, 9), ratio=1e-12)
     sm = layers.SoftmaxAttention(16, num_heads=2).double()
     W = sm.attention_weights(x)
     assert_close("softmax rows", torch.ones(2, 2, 25, dtype=torch.float64), W.sum(-1), ratio=1e-12)

@@ -9,7 +9,7 @@ import torch
 
 from kernelized import layers, ops
 from kernelized.ops import cost
-from tests.conftest import assert_close
+from tests.conftest import assert_close, prefill_then_decode
 
 LENGTHS = [2**i for i in range(4, 16)]
 
@@ -110,13 +110,9 @@ def test_layer_auto_decodes_recurrently_and_resumes(monkeypatch):
     layer = layers.KernelAttention(12, num_heads=2, feature_dim=3, kernel="rebased").double()
     x = torch.randn(2, 9, 12, dtype=torch.float64)
     calls = _spy(monkeypatch)
-    y1, state = layer(x[:, :6], output_state=True)
-    parts = [y1]
-    for t in range(6, 9):
-        yt, state = layer(x[:, t : t + 1], state=state, output_state=True)
-        parts.append(yt)
+    stepped = prefill_then_decode(layer, x, 6)
     assert calls == ["chunk", "recurrent", "recurrent", "recurrent"]
-    assert_close("resume", layer(x, mode="parallel"), torch.cat(parts, 1), ratio=1e-12)
+    assert_close("resume", layer(x, mode="parallel"), stepped, ratio=1e-12)
 
 
 @pytest.mark.parametrize("causal", [True, False])
