@@ -5,7 +5,9 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
 - ``bidirectional.cpp``: non-causal linear attention, forward and backward (``causal=False``, ``mode="chunk"``);
 - ``polynomial.cpp``: implicit ``sum_p c_p (q.k)^p`` attention, flash style, forward and backward
   (``ops.polynomial_attention``);
-- ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``).
+- ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``);
+- ``random_features.cpp``: RKS and PRF random features from the inputs and frequencies, the projection and the
+  cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
 to the kernels as function pointers, so nothing else is linked. ctypes releases the GIL during a call, so Python
@@ -35,8 +37,8 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp")
-HEADERS = ("gemm.h",)  # included by the sources: part of the cache key
+SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp", "random_features.cpp")
+HEADERS = ("gemm.h", "vmath.h")  # included by the sources: part of the cache key
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -122,6 +124,11 @@ _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) p
                             _I],
     "monomials2_forward": [_P, _L, _I, _P, _P, _L],
     "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
+    # one head's rows: gemm, x rows, N, d, W [M, d], M, ...
+    "rks_forward": [_P, _P, _L, _L, _I, _P, _I, _P, _I, _D, _P, _L],
+    "rks_backward": [_P, _P, _L, _L, _I, _P, _I, _P, _L, _P, _L, _P, _L, _P, _P],
+    "prf_forward": [_P, _P, _L, _L, _I, _P, _I, _P, _D, _I, _I, _D, _P, _L],
+    "prf_backward": [_P, _P, _L, _L, _I, _P, _I, _P, _L, _P, _L, _D, _I, _P, _L, _P, _P],
 }  # fmt: skip
 
 
@@ -196,12 +203,34 @@ def block_pointers(x: torch.Tensor | None):
     return lambda i, j, _alive=x: base + i * si + j * sj
 
 
+_POOL: ThreadPoolExecutor | None = None  # the worker threads, kept between calls (see run_parallel)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's worker threads, at least ``workers`` of them. Kept because starting a thread took about 2.5 ms
+    on this VM: a fresh pool per call cost two of them per op, a quarter of a small feature map's time."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        old, _POOL = _POOL, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelized")
+        if old is not None:
+            old.shutdown(wait=False)
+    return _POOL
+
+
+def _forget_pool() -> None:  # a forked child has none of its parent's threads
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_parallel(fn, n_items: int, groups_per_worker: int = 4) -> None:
     """Run ``fn(items)`` over ``range(n_items)`` (heads, or (batch, head) pairs). With several torch threads, the
     items go in contiguous groups (a few per worker; one item each when there are few) to as many Python
     threads, each running its ops single-threaded: the small ops need no OpenMP barrier (which on a busy,
     oversubscribed machine stalled each op on a descheduled thread), and a thread slowed by other load takes
-    fewer groups instead of holding up the rest."""
+    fewer groups instead of holding up the rest. The threads persist between calls (:func:`_pool`)."""
     n = torch.get_num_threads()
     workers = min(n, n_items)
     if workers <= 1:
@@ -217,7 +246,6 @@ def run_parallel(fn, n_items: int, groups_per_worker: int = 4) -> None:
             fn(items)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, groups))
+        list(_pool(n).map(work, groups))
     finally:
         torch.set_num_threads(n)

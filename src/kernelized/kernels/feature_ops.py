@@ -1,17 +1,39 @@
-"""The elementwise part of random features as two autograd functions that write the features once and keep only
-them for backward: ``trig_features`` (RKS: ``[a cos u, a sin u, s]``) and ``exp_features`` (PRF: ``exp(u - c|x|^2 +
-log a)``, the hyperbolic pair, the stabiliser's shifts).
+"""Random features from the inputs: ``rks`` (``[a cos u, a sin u (, s)]``) and ``prf`` (``exp(u - c|x|^2 + log a)``,
+the hyperbolic pair, the stabiliser's shifts), with ``u = x W^T`` per head.
 
-Written with torch ops the same features cost a cos, a sin, two products and a concatenation forward (five
-``[..., H, M]``-sized tensors written, three kept for backward) and as many again backward. Here each part is
-computed into its slice of the output in place, and the gradients come from the output alone: ``d(a cos u)/du =
--(a sin u)``, ``d(exp(.))/d(.) = exp(.)``. Shapes: ``u [..., H, M]``, per-frequency ``a, log a [H, M]``, ``|x|^2
-[..., H, 1]``; float inputs of any dtype (the maps call them in float32 or float64).
+Where the compiled CPU kernels build (``kernelized.cpu``), float32/float64 CPU inputs go to ``random_features.cpp``:
+the projection and the cos/sin or exp run a tile of rows at a time, so ``u`` never reaches memory and each feature
+row is written once forward and read once backward; float32 uses vectorised cos/sin/exp (``vmath.h``, within 1e-7
+of libm). Elsewhere (CUDA, a broadcast head axis) ``head_matmul`` and two autograd functions that write the features
+once and keep only them for backward: ``trig_features`` and ``exp_features``. Written with torch ops the same
+features cost a cos, a sin, two products and a concatenation forward (five ``[..., H, M]``-sized tensors written,
+three kept for backward) and as many again backward; here each part is computed into its slice of the output in
+place, and the gradients come from the output alone: ``d(a cos u)/du = -(a sin u)``, ``d(exp(.))/d(.) = exp(.)``.
+
+Shapes: ``x [..., H, d]``, frequencies ``w [H, M, d]``, ``u [..., H, M]``, per-frequency ``a, log a [H, M]``,
+``|x|^2 [..., H, 1]``; float inputs of any dtype (the maps call them in float32 or float64).
 """
 
 from __future__ import annotations
 
 import torch
+
+from kernelized import cpu as _cpu
+
+
+def head_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x [..., H, d]`` against per-head rows ``w [H, M, d]`` -> ``[..., H, M]``.
+
+    One head-major ``bmm`` (``[H, N, d] @ [H, d, M]``): the broadcast ``[..., H, 1, d] @ [H, d, M]`` form is 30-60x
+    slower forward + backward for [B, T, H, d] inputs, and einsum is slow when threads are contended.
+    """
+    H, M, d = w.shape
+    w = w.to(x.dtype)
+    if x.dim() < 2 or x.shape[-2] != H:  # e.g. a broadcast head axis of size 1
+        return (x.unsqueeze(-2) @ w.transpose(-1, -2)).squeeze(-2)
+    lead = x.shape[:-2]
+    xh = x.reshape(-1, H, d).transpose(0, 1)  # [H, N, d]
+    return torch.bmm(xh, w.transpose(-1, -2)).transpose(0, 1).reshape(*lead, H, M)
 
 
 def _over_heads(x: torch.Tensor, H: int, M: int) -> torch.Tensor:
@@ -96,3 +118,167 @@ def exp_features(
     token's features by their largest; ``key_shift [H]`` (detached) divides every key's by ``exp(b_h)``."""
     shift = None if key_shift is None else key_shift.detach().to(u.dtype)
     return _ExpFeatures.apply(u, sq_norm, log_amp.to(u.dtype), float(offset), bool(hyperbolic), shift, query_max)
+
+
+def rks(x: torch.Tensor, w: torch.Tensor, amp: torch.Tensor, smoothing: float | None) -> torch.Tensor:
+    """RKS features ``[a cos u, a sin u] (+ [s])`` of ``u = x w^T``: ``x [..., H, d]``, ``w [H, M, d]``, ``amp [H, M]``
+    (a, positive) -> ``[..., H, 2M (+1)]``; gradients reach x, w and amp."""
+    amp = amp.to(x.dtype)
+    if _compiled(x, w):
+        return _CompiledRKS.apply(x, w.to(x.dtype), amp, smoothing)
+    return trig_features(head_matmul(x, w), amp, smoothing)
+
+
+def prf(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    log_amp: torch.Tensor,
+    offset: float,
+    hyperbolic: bool,
+    key_shift: torch.Tensor | None = None,
+    query_max: bool = False,
+) -> torch.Tensor:
+    """PRF features ``exp(u - c|x|^2 + log a)`` (and the hyperbolic pair) of ``u = x w^T``: ``x [..., H, d]``,
+    ``w [H, M, d]``, ``log_amp [H, M]``, ``offset`` c -> ``[..., H, M or 2M]``; the stabilisers as in
+    :func:`exp_features`. Gradients reach x, w and log_amp."""
+    log_amp = log_amp.to(x.dtype)
+    if _compiled(x, w):
+        shift = None if key_shift is None else key_shift.detach().to(torch.float64).tolist()
+        return _CompiledPRF.apply(x, w.to(x.dtype), log_amp, float(offset), bool(hyperbolic), shift, query_max)
+    sq_norm = (x * x).sum(-1, keepdim=True)
+    return exp_features(head_matmul(x, w), sq_norm, log_amp, offset, hyperbolic, key_shift, query_max)
+
+
+def _compiled(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``random_features.cpp`` takes x ``[..., H, d]`` with w ``[H, M, d]`` (CPU, float32/64, H heads)."""
+    return x.dim() >= 2 and x.shape[-2] == w.shape[0] and x.numel() > 0 and _cpu.usable(x, w)
+
+
+class _Rows:
+    """One call's view of ``x [..., H, d]`` (or features, gradients): ``[N, H, X]`` rows with unit stride, and the
+    address of head h's row n with the rows' leading dimension."""
+
+    def __init__(self, x: torch.Tensor, H: int):
+        rows = x.reshape(-1, H, x.shape[-1])
+        self.t = rows if rows.stride(-1) == 1 else rows.contiguous()
+        self.ld, size = self.t.stride(0), self.t.element_size()
+        self._base, self._sn, self._sh = self.t.data_ptr(), self.t.stride(0) * size, self.t.stride(1) * size
+
+    def at(self, h: int, n: int) -> int:
+        return self._base + n * self._sn + h * self._sh
+
+
+def _work(N: int, H: int) -> list[tuple[int, int, int]]:
+    """``(head, first row, end row)`` items: each head's rows in a few chunks, enough to keep the threads busy."""
+    chunks = max(1, min(-(-N // 128), -(-4 * torch.get_num_threads() // H)))
+    size = -(-N // chunks)
+    return [(h, n0, min(n0 + size, N)) for h in range(H) for n0 in range(0, N, size)]
+
+
+def _forward(name: str, x: torch.Tensor, w: torch.Tensor, F: int, args) -> torch.Tensor:
+    """Features ``[N, H, F]`` of every head's rows; ``args(h)`` are the call's arguments after W and M."""
+    H, M, d = w.shape
+    fn, gemm = _cpu.kernel(name, x.dtype)
+    xs, w = _Rows(x, H), w.contiguous()
+    out = x.new_empty(xs.t.shape[0], H, F)
+    os, items = _Rows(out, H), _work(xs.t.shape[0], H)
+
+    def run(ids: range) -> None:
+        for i in ids:
+            h, n0, n1 = items[i]
+            fn(gemm, xs.at(h, n0), xs.ld, n1 - n0, d, w[h].data_ptr(), M, *args(h), os.at(h, n0), os.ld)
+
+    _cpu.run_parallel(run, len(items))
+    return out
+
+
+def _backward(name: str, x, w, out, g, args):
+    """``dx [..., H, d]``, ``dw [H, M, d]`` and the per-frequency sums ``[H, M]`` the kernel accumulates; ``args``
+    go between the gradient's rows and dx's."""
+    H, M, d = w.shape
+    fn, gemm = _cpu.kernel(name, x.dtype)
+    xs, os, gs = _Rows(x, H), _Rows(out, H), _Rows(g, H)
+    items = _work(xs.t.shape[0], H)
+    dx = x.new_empty(xs.t.shape[0], H, d)
+    dxs = _Rows(dx, H)
+    dw, sums = x.new_zeros(len(items), M, d), x.new_zeros(len(items), M)  # one partial sum per item
+
+    def run(ids: range) -> None:
+        for i in ids:
+            h, n0, n1 = items[i]
+            fn(gemm, xs.at(h, n0), xs.ld, n1 - n0, d, w[h].data_ptr(), M, os.at(h, n0), os.ld, gs.at(h, n0), gs.ld,
+               *args, dxs.at(h, n0), dxs.ld, dw[i].data_ptr(), sums[i].data_ptr())  # fmt: skip
+
+    _cpu.run_parallel(run, len(items))
+    per_head = len(items) // H  # items are head-major, the same number per head
+    return dx.view(x.shape), dw.view(H, per_head, M, d).sum(1), sums.view(H, per_head, M).sum(1)
+
+
+def reference_rks(x, w, amp, smoothing):
+    """The torch-op statement of :func:`rks` (double backward differentiates it)."""
+    u = head_matmul(x, w)
+    parts = [amp * torch.cos(u), amp * torch.sin(u)]
+    if smoothing is not None:
+        parts.append(u.new_full((*u.shape[:-1], 1), float(smoothing)))
+    return torch.cat(parts, dim=-1)
+
+
+def reference_prf(x, w, log_amp, offset, hyperbolic, key_shift, query_max):
+    """The torch-op statement of :func:`prf`; ``key_shift`` a list of per-head floats or None."""
+    u = head_matmul(x, w)
+    a = torch.cat([u, -u], dim=-1) if hyperbolic else u
+    a = a - offset * (x * x).sum(-1, keepdim=True) + (log_amp.repeat(1, 2) if hyperbolic else log_amp)
+    if query_max:
+        a = a - a.amax(-1, keepdim=True).detach()
+    elif key_shift is not None:
+        a = a - torch.tensor(key_shift, dtype=a.dtype)[:, None]
+    return torch.exp(a)
+
+
+class _CompiledRKS(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, amp, smoothing):
+        M = w.shape[1]
+        F = 2 * M + (smoothing is not None)
+        smooth = (int(smoothing is not None), 0.0 if smoothing is None else float(smoothing))
+        a = amp.contiguous()
+        out = _forward("rks_forward", x, w, F, lambda h: (a[h].data_ptr(), *smooth))
+        ctx.save_for_backward(x, w, amp, out)
+        ctx.smoothing = smoothing
+        return out.view(*x.shape[:-1], F)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, amp, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the torch-op statement
+            ref = reference_rks(x, w, amp, ctx.smoothing)
+            return (*torch.autograd.grad(ref, (x, w, amp), g, create_graph=True, allow_unused=True), None)
+        dx, dw, total = _backward("rks_backward", x, w, out, g, ())
+        d_amp = torch.where(amp > 0, total / amp.clamp_min(torch.finfo(amp.dtype).tiny), 0.0)  # cos u = (a cos u) / a
+        return dx, dw, d_amp, None
+
+
+class _CompiledPRF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, log_amp, offset, hyperbolic, key_shift, query_max):
+        M = w.shape[1]
+        mode = 2 if query_max else 0 if key_shift is None else 1
+        la = log_amp.contiguous()
+
+        def args(h: int):
+            return la[h].data_ptr(), offset, int(hyperbolic), mode, key_shift[h] if mode == 1 else 0.0
+
+        out = _forward("prf_forward", x, w, 2 * M if hyperbolic else M, args)
+        ctx.save_for_backward(x, w, log_amp, out)
+        ctx.args = offset, hyperbolic, key_shift, query_max
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, log_amp, out = ctx.saved_tensors
+        offset, hyperbolic, key_shift, query_max = ctx.args
+        if torch.is_grad_enabled():  # double backward: differentiate the torch-op statement
+            ref = reference_prf(x, w, log_amp, *ctx.args)
+            return (*torch.autograd.grad(ref, (x, w, log_amp), g, create_graph=True, allow_unused=True), *[None] * 4)
+        dx, dw, d_log_amp = _backward("prf_backward", x, w, out, g, (offset, int(hyperbolic)))
+        return dx, dw, d_log_amp, None, None, None, None

@@ -56,7 +56,7 @@ from kernelized.train.checkpoint import (
     write_json_atomic,
 )
 from kernelized.train.config import TrainConfig
-from kernelized.train.memory import peak_rss_mb, reset_peak_rss
+from kernelized.train.memory import keep_freed_memory, peak_rss_mb, reset_peak_rss
 from kernelized.train.optim import build_optimizer, learning_rate
 
 LossFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
@@ -197,6 +197,7 @@ class Trainer:
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        keep_freed_memory()  # large tensors reuse freed pages instead of faulting fresh ones in every step
         self.cfg = cfg if cfg is not None else TrainConfig()
         if not isinstance(self.cfg, TrainConfig):
             raise ValueError(f"cfg must be a TrainConfig, got {type(self.cfg).__name__}")

@@ -58,6 +58,7 @@ from kernelized.experiments.bench.report import markdown, plots, targets
 from kernelized.experiments.framework.cli import command, experiment_parser
 from kernelized.experiments.framework.presets import load_preset, parse_list
 from kernelized.experiments.framework.schema import check_types, defaults_of
+from kernelized.train import memory
 from kernelized.train.checkpoint import write_text_atomic
 
 SECTIONS = ("kernels", "memory", "decode", "encoder", "models", "generate")
@@ -256,7 +257,7 @@ def environment(device: str, dtype: torch.dtype) -> dict:
     return dict(device=_device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
                 python=platform.python_version(), fla=_fla_version(), load_before=_load(),
                 cpu_kernels=device == "cpu" and cpu_kernels.usable(torch.zeros(1, dtype=dtype)),
-                thp=os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), keep_freed_memory=memory.keep_freed_memory(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))  # fmt: skip
 
 

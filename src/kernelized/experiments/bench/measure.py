@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernelized.train.memory import proc_status_kb, reset_peak_rss
+from kernelized.train.memory import fresh_allocations, proc_status_kb, reset_peak_rss
 
 
 def _sync(device: str) -> None:
@@ -61,24 +61,11 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if not reset_peak_rss():  # VmHWM back to the current resident set
         return None
-    _mmap_threshold(64 * 1024)  # big blocks from fresh mmaps, so reused heap pages cannot hide them
-    try:
+    with fresh_allocations():  # big blocks from fresh mmaps, so reused heap pages cannot hide them
         base = proc_status_kb("VmRSS")
         fn()
         peak = proc_status_kb("VmHWM")
-    finally:
-        _mmap_threshold(32 * 2**20)  # glibc's own ceiling for its dynamic threshold
     return None if base is None or peak is None else max(0.0, (peak - base) / 1024)
-
-
-def _mmap_threshold(nbytes: int) -> None:
-    """glibc ``mallopt(M_MMAP_THRESHOLD)``; a no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 _FRESH_PROCESS = """

@@ -1,0 +1,188 @@
+// Random features of rows of x, formed a tile of rows at a time on the CPU: the projection u = x W^T (one gemm into a
+// [rows, M] tile that stays in cache), then RKS's [a cos u, a sin u (, s)] or PRF's exp(u - c|x|^2 + log a - shift)
+// (and the hyperbolic pair exp(-u - c|x|^2 + log a - shift)) written straight into the feature rows. Backward reads
+// each row's features and their gradient once, forms du in the tile, writes dx = du W (one gemm) and adds du^T x to
+// dW (one gemm) and the per-frequency sums to d_amp. The torch statement (kernelized/kernels/feature_ops.py's
+// reference_*) writes u, cos u, sin u and the products as tensors of their own, and reads them again backward.
+//
+// One call: one head's rows x [N, d] (leading dimension ldx), its frequencies W [M, d] and per-frequency a [M] (RKS)
+// or log a [M] (PRF); feature rows with leading dimension ldo (the [N, H, F] output of all heads).
+
+#include <algorithm>
+#include <vector>
+
+#include "gemm.h"
+#include "vmath.h"
+
+namespace {
+
+using kz::RowMajor;
+
+// rows per tile: u [tile, M] stays in L2 (128 KB at M = 256 in float32); more rows for few frequencies, so that each
+// gemm has work enough (512 rows at M = 32 took 15 % less time than 128; 128 rows at M = 256 15 % less than 512)
+inline long tile_rows(int M) { return std::max(128L, 16384L / M); }
+
+inline void sincos_(float x, float& s, float& c) { kz::sincos_f32(x, s, c); }
+inline void sincos_(double x, double& s, double& c) { s = std::sin(x), c = std::cos(x); }
+inline float exp_(float x) { return kz::exp_f32(x); }
+inline double exp_(double x) { return std::exp(x); }
+
+// out rows: [a cos u, a sin u] and, if smooth, the constant column s after them.
+template <typename T>
+void rks_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* amp, int smooth,
+                 T s, T* out, long ldo) {
+    const RowMajor<T> mm{gemm};
+    const long TILE = tile_rows(M);
+    std::vector<T> U(static_cast<size_t>(TILE) * M);
+    for (long n0 = 0; n0 < N; n0 += TILE) {
+        const int rows = static_cast<int>(std::min(TILE, N - n0));
+        mm(false, true, rows, M, d, 1, x + n0 * ldx, ldx, W, d, 0, U.data(), M);  // u = x W^T
+        for (int i = 0; i < rows; ++i) {
+            const T* u = U.data() + static_cast<long>(i) * M;
+            T* o = out + (n0 + i) * ldo;
+#pragma omp simd
+            for (int m = 0; m < M; ++m) {
+                T sn, cs;
+                sincos_(u[m], sn, cs);
+                o[m] = amp[m] * cs;
+                o[M + m] = amp[m] * sn;
+            }
+            if (smooth) o[2 * M] = s;
+        }
+    }
+}
+
+// From the features alone: d(a cos u)/du = -(a sin u), d(a sin u)/du = a cos u. Writes dx [N, d] (lddx); adds
+// du^T x into dW [M, d] and sum over rows of (a cos u g_cos + a sin u g_sin) into amp_sum [M] (that over a is
+// d_amp; the caller divides).
+template <typename T>
+void rks_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* out, long ldo,
+                  const T* g, long ldg, T* dx, long lddx, T* dW, T* amp_sum) {
+    const RowMajor<T> mm{gemm};
+    const long TILE = tile_rows(M);
+    std::vector<T> dU(static_cast<size_t>(TILE) * M);
+    for (long n0 = 0; n0 < N; n0 += TILE) {
+        const int rows = static_cast<int>(std::min(TILE, N - n0));
+        for (int i = 0; i < rows; ++i) {
+            const T *o = out + (n0 + i) * ldo, *gr = g + (n0 + i) * ldg;
+            T* du = dU.data() + static_cast<long>(i) * M;
+#pragma omp simd
+            for (int m = 0; m < M; ++m) {
+                du[m] = o[m] * gr[M + m] - o[M + m] * gr[m];
+                amp_sum[m] += o[m] * gr[m] + o[M + m] * gr[M + m];
+            }
+        }
+        mm(false, false, rows, d, M, 1, dU.data(), M, W, d, 0, dx + n0 * lddx, lddx);  // dx = du W
+        mm(true, false, M, d, rows, 1, dU.data(), M, x + n0 * ldx, ldx, 1, dW, d);     // dW += du^T x
+    }
+}
+
+// out rows: exp(l) with l = [u, -u if hyperbolic] - c |x|^2 + log a - shift, where shift is the constant `shift`
+// (shift_mode 1: the keys' stabiliser), the row's own largest l (2: the queries'), or 0 (0).
+template <typename T>
+void prf_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* log_amp, T c,
+                 int hyperbolic, int shift_mode, T shift, T* out, long ldo) {
+    const RowMajor<T> mm{gemm};
+    const int F = hyperbolic ? 2 * M : M;
+    const long TILE = tile_rows(M);
+    std::vector<T> U(static_cast<size_t>(TILE) * M);
+    for (long n0 = 0; n0 < N; n0 += TILE) {
+        const int rows = static_cast<int>(std::min(TILE, N - n0));
+        mm(false, true, rows, M, d, 1, x + n0 * ldx, ldx, W, d, 0, U.data(), M);  // u = x W^T
+        for (int i = 0; i < rows; ++i) {
+            const T *u = U.data() + static_cast<long>(i) * M, *xr = x + (n0 + i) * ldx;
+            T* o = out + (n0 + i) * ldo;
+            T sq = 0;
+            for (int j = 0; j < d; ++j) sq += xr[j] * xr[j];
+            const T base = -c * sq - (shift_mode == 1 ? shift : T(0));
+#pragma omp simd
+            for (int m = 0; m < M; ++m) o[m] = u[m] + log_amp[m] + base;
+            if (hyperbolic) {
+#pragma omp simd
+                for (int m = 0; m < M; ++m) o[M + m] = log_amp[m] + base - u[m];
+            }
+            T top = 0;
+            if (shift_mode == 2) {
+                top = o[0];
+#pragma omp simd reduction(max : top)
+                for (int f = 1; f < F; ++f) top = o[f] > top ? o[f] : top;
+            }
+#pragma omp simd
+            for (int f = 0; f < F; ++f) o[f] = exp_(o[f] - top);
+        }
+    }
+}
+
+// From the features alone: each log-feature's gradient is g * out (the shift is held constant, as detached). Writes
+// dx [N, d] = du W - 2 c (sum_f g_f out_f) x; adds du^T x into dW [M, d] and each frequency's log-feature gradients
+// (both of the pair) into log_amp_sum [M] (= d log a).
+template <typename T>
+void prf_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* out, long ldo,
+                  const T* g, long ldg, T c, int hyperbolic, T* dx, long lddx, T* dW, T* log_amp_sum) {
+    const RowMajor<T> mm{gemm};
+    const long TILE = tile_rows(M);
+    std::vector<T> dU(static_cast<size_t>(TILE) * M), total(TILE);
+    for (long n0 = 0; n0 < N; n0 += TILE) {
+        const int rows = static_cast<int>(std::min(TILE, N - n0));
+        for (int i = 0; i < rows; ++i) {
+            const T *o = out + (n0 + i) * ldo, *gr = g + (n0 + i) * ldg;
+            T* du = dU.data() + static_cast<long>(i) * M;
+            T sum = 0;
+            if (hyperbolic) {
+#pragma omp simd reduction(+ : sum)
+                for (int m = 0; m < M; ++m) {
+                    const T plus = gr[m] * o[m], minus = gr[M + m] * o[M + m];
+                    du[m] = plus - minus;
+                    log_amp_sum[m] += plus + minus;
+                    sum += plus + minus;
+                }
+            } else {
+#pragma omp simd reduction(+ : sum)
+                for (int m = 0; m < M; ++m) {
+                    const T ge = gr[m] * o[m];
+                    du[m] = ge;
+                    log_amp_sum[m] += ge;
+                    sum += ge;
+                }
+            }
+            total[i] = sum;
+        }
+        T* dxt = dx + n0 * lddx;
+        mm(false, false, rows, d, M, 1, dU.data(), M, W, d, 0, dxt, lddx);  // dx = du W
+        for (int i = 0; i < rows; ++i) {                                     // - 2 c sum x: through |x|^2
+            const T w = -2 * c * total[i], *xr = x + (n0 + i) * ldx;
+            for (int j = 0; j < d; ++j) dxt[i * lddx + j] += w * xr[j];
+        }
+        mm(true, false, M, d, rows, 1, dU.data(), M, x + n0 * ldx, ldx, 1, dW, d);  // dW += du^T x
+    }
+}
+
+}  // namespace
+
+#define KZ_EXPORT_RANDOM_FEATURES(T, suffix)                                                                      \
+    extern "C" void rks_forward_##suffix(void* gemm, const T* x, long ldx, long N, int d, const T* W, int M,      \
+                                         const T* amp, int smooth, double s, T* out, long ldo) {                  \
+        rks_forward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), x, ldx, N, d, W, M, amp, smooth, static_cast<T>(s),  \
+                       out, ldo);                                                                                 \
+    }                                                                                                             \
+    extern "C" void rks_backward_##suffix(void* gemm, const T* x, long ldx, long N, int d, const T* W, int M,     \
+                                          const T* out, long ldo, const T* g, long ldg, T* dx, long lddx, T* dW,  \
+                                          T* amp_sum) {                                                           \
+        rks_backward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), x, ldx, N, d, W, M, out, ldo, g, ldg, dx, lddx, dW, \
+                        amp_sum);                                                                                 \
+    }                                                                                                             \
+    extern "C" void prf_forward_##suffix(void* gemm, const T* x, long ldx, long N, int d, const T* W, int M,      \
+                                         const T* log_amp, double c, int hyperbolic, int shift_mode,              \
+                                         double shift, T* out, long ldo) {                                        \
+        prf_forward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), x, ldx, N, d, W, M, log_amp, static_cast<T>(c),      \
+                       hyperbolic, shift_mode, static_cast<T>(shift), out, ldo);                                  \
+    }                                                                                                             \
+    extern "C" void prf_backward_##suffix(void* gemm, const T* x, long ldx, long N, int d, const T* W, int M,     \
+                                          const T* out, long ldo, const T* g, long ldg, double c, int hyperbolic, \
+                                          T* dx, long lddx, T* dW, T* log_amp_sum) {                              \
+        prf_backward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), x, ldx, N, d, W, M, out, ldo, g, ldg,               \
+                        static_cast<T>(c), hyperbolic, dx, lddx, dW, log_amp_sum);                                \
+    }
+
+KZ_EXPORT_RANDOM_FEATURES(float, f32)
+KZ_EXPORT_RANDOM_FEATURES(double, f64)
