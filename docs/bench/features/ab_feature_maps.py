@@ -6,6 +6,10 @@ with the op's forward + backward time on the same features beside it (the target
 Shape: B 8, T 1024, 4 heads, q/k head size 32, Dv 32, fp32, train mode, 2 torch threads.
 
     .venv/bin/python docs/bench/features/ab_feature_maps.py BEFORE AFTER > docs/bench/features/ab_feature_maps.txt
+
+``--trainer-settings`` runs both revisions' processes as the ``kernelized`` command and the Trainer run now: freed
+memory kept (``kernelized.train.memory.keep_freed_memory``, by ``mallopt`` here since an older revision may lack
+it) and idle OpenMP threads passive (``OMP_WAIT_POLICY=PASSIVE``, which ``import kernelized`` sets).
 """
 
 from __future__ import annotations
@@ -59,8 +63,13 @@ def time_kernel(name: str, gen) -> dict[str, float]:
     return {n: measure.timed(f, "cpu", 2, 5, float("inf"))[0] for n, f in calls}
 
 
-def child(names: list[str]) -> None:
+def child(names: list[str], keep_freed_memory: bool) -> None:
     """Print JSON {kernel: {forward, forward+backward, op}} for ``names`` (default: every registered kernel)."""
+    if keep_freed_memory:  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2^31 - 1
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        assert libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1
     import torch
 
     from kernelized import kernels
@@ -70,10 +79,13 @@ def child(names: list[str]) -> None:
     print(json.dumps({name: time_kernel(name, gen) for name in names or kernels.available()}))
 
 
-def run(revision: str, folder: str, names: list[str]) -> dict:
+def run(revision: str, folder: str, names: list[str], keep: bool) -> dict:
     src = os.path.join(folder, "src")
     env = dict(os.environ, PYTHONPATH=src)
     argv = [sys.executable, __file__, "--child", *(["--kernels", ",".join(names)] if names else [])]
+    if keep:
+        argv.append("--trainer-settings")
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -84,10 +96,13 @@ def main() -> None:
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kernels", default="", help="comma-separated kernel names (default: all)")
+    parser.add_argument(
+        "--trainer-settings", action="store_true", help="glibc and OpenMP set as the kernelized command runs"
+    )
     args = parser.parse_args()
     names = [n for n in args.kernels.split(",") if n]
     if args.child:
-        return child(names)
+        return child(names, args.trainer_settings)
     before, after = args.revisions
     results: dict[str, list[dict]] = {before: [], after: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,13 +113,16 @@ def main() -> None:
         try:
             for _ in range(args.rounds):
                 for rev in (before, after):
-                    results[rev].append(run(rev, folders[rev], names))
+                    results[rev].append(run(rev, folders[rev], names, args.trainer_settings))
         finally:
             for folder in folders.values():
                 subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
     med = {rev: {k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]} for k in runs[0]}
            for rev, runs in results.items()}  # fmt: skip
-    print(f"B {B}, T {T}, {H} heads, d {D}, Dv {DV}; fp32, 2 threads; ms, median of {args.rounds} rounds x 5 calls\n")
+    memory = ("freed memory kept, OMP_WAIT_POLICY=PASSIVE (as the kernelized command runs)" if args.trainer_settings
+              else "glibc's and libgomp's defaults")  # fmt: skip
+    print(f"B {B}, T {T}, {H} heads, d {D}, Dv {DV}; fp32, 2 threads; {memory}; "
+          f"ms, median of {args.rounds} rounds x 5 calls\n")  # fmt: skip
     print(f"| kernel | features fwd {before} | fwd {after} | features fwd+bwd {before} | fwd+bwd {after} | "
           f"op fwd+bwd {after} | features / op {after} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

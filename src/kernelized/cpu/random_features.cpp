@@ -9,6 +9,7 @@
 // or log a [M] (PRF); feature rows with leading dimension ldo (the [N, H, F] output of all heads).
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "gemm.h"
@@ -78,12 +79,12 @@ void rks_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T
 }
 
 // out rows: exp(l) with l = [u, -u if hyperbolic] - c |x|^2 + log a - shift, where shift is the constant `shift`
-// (shift_mode 1: the keys' stabiliser), the row's own largest l (2: the queries'), or 0 (0).
+// (shift_mode 1: the keys' stabiliser), the row's own largest l (2: the queries'), or 0 (0). Written as
+// exp(+-u + log a - s) with one row constant s, so each row is one pass (two with the largest l: max, then exp).
 template <typename T>
 void prf_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* log_amp, T c,
                  int hyperbolic, int shift_mode, T shift, T* out, long ldo) {
     const RowMajor<T> mm{gemm};
-    const int F = hyperbolic ? 2 * M : M;
     const long TILE = tile_rows(M);
     std::vector<T> U(static_cast<size_t>(TILE) * M);
     for (long n0 = 0; n0 < N; n0 += TILE) {
@@ -92,23 +93,34 @@ void prf_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T*
         for (int i = 0; i < rows; ++i) {
             const T *u = U.data() + static_cast<long>(i) * M, *xr = x + (n0 + i) * ldx;
             T* o = out + (n0 + i) * ldo;
-            T sq = 0;
-            for (int j = 0; j < d; ++j) sq += xr[j] * xr[j];
-            const T base = -c * sq - (shift_mode == 1 ? shift : T(0));
+            T s;
+            if (shift_mode == 2) {  // the largest +-u + log a: c |x|^2 cancels
+                s = -std::numeric_limits<T>::infinity();
+                if (hyperbolic) {  // two loops: one with the test inside was left scalar (the call took 2x as long)
+#pragma omp simd reduction(max : s)
+                    for (int m = 0; m < M; ++m) {
+                        const T l = log_amp[m] + (u[m] < 0 ? -u[m] : u[m]);
+                        s = l > s ? l : s;
+                    }
+                } else {
+#pragma omp simd reduction(max : s)
+                    for (int m = 0; m < M; ++m) {
+                        const T l = log_amp[m] + u[m];
+                        s = l > s ? l : s;
+                    }
+                }
+            } else {
+                T sq = 0;
+#pragma omp simd reduction(+ : sq)
+                for (int j = 0; j < d; ++j) sq += xr[j] * xr[j];
+                s = c * sq + (shift_mode == 1 ? shift : T(0));
+            }
 #pragma omp simd
-            for (int m = 0; m < M; ++m) o[m] = u[m] + log_amp[m] + base;
+            for (int m = 0; m < M; ++m) o[m] = exp_(u[m] + log_amp[m] - s);
             if (hyperbolic) {
 #pragma omp simd
-                for (int m = 0; m < M; ++m) o[M + m] = log_amp[m] + base - u[m];
+                for (int m = 0; m < M; ++m) o[M + m] = exp_(log_amp[m] - u[m] - s);
             }
-            T top = 0;
-            if (shift_mode == 2) {
-                top = o[0];
-#pragma omp simd reduction(max : top)
-                for (int f = 1; f < F; ++f) top = o[f] > top ? o[f] : top;
-            }
-#pragma omp simd
-            for (int f = 0; f < F; ++f) o[f] = exp_(o[f] - top);
         }
     }
 }
@@ -151,7 +163,9 @@ void prf_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T
         mm(false, false, rows, d, M, 1, dU.data(), M, W, d, 0, dxt, lddx);  // dx = du W
         for (int i = 0; i < rows; ++i) {                                     // - 2 c sum x: through |x|^2
             const T w = -2 * c * total[i], *xr = x + (n0 + i) * ldx;
-            for (int j = 0; j < d; ++j) dxt[i * lddx + j] += w * xr[j];
+            T* dr = dxt + i * lddx;
+#pragma omp simd
+            for (int j = 0; j < d; ++j) dr[j] += w * xr[j];
         }
         mm(true, false, M, d, rows, 1, dU.data(), M, x + n0 * ldx, ldx, 1, dW, d);  // dW += du^T x
     }
