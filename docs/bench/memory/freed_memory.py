@@ -39,7 +39,7 @@ def child() -> None:
     for mb in SIZES_MB:
         n = mb * 10**6 // 4
         times = []
-        for i in range(9):
+        for _ in range(9):
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             x = torch.empty(n).fill_(1.0)

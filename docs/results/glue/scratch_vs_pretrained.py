@@ -24,7 +24,5 @@ pre, scratch = scores("runs/glue/cpu/finetune"), scores("runs/glue/cpu_scratch/f
 seeds = sorted(set(pre) & set(scratch))
 for i, split in enumerate(("dev", "test")):
     c = paired_comparison([pre[s][i] for s in seeds], [scratch[s][i] for s in seeds])
-    print(
-        f"{split}: pretrained - scratch = {100 * c['mean_diff']:+.2f} points, 95% t CI "
-        f"[{100 * c['t_ci_low']:+.2f}, {100 * c['t_ci_high']:+.2f}], paired t p = {c['p_ttest']:.3f}, n = {c['n']}"
-    )
+    print(f"{split}: pretrained - scratch = {100 * c['mean_diff']:+.2f} points, 95% t CI "
+          f"[{100 * c['t_ci_low']:+.2f}, {100 * c['t_ci_high']:+.2f}], paired t p = {c['p_ttest']:.3f}, n = {c['n']}")
