@@ -258,6 +258,7 @@ def environment(device: str, dtype: torch.dtype) -> dict:
                 python=platform.python_version(), fla=_fla_version(), load_before=_load(),
                 cpu_kernels=device == "cpu" and cpu_kernels.usable(torch.zeros(1, dtype=dtype)),
                 thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), keep_freed_memory=memory.keep_freed_memory(),
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))  # fmt: skip
 
 

@@ -88,7 +88,8 @@ def _header(result: dict) -> list[str]:
     if env.get("cpu_kernels") is not None and p["device"] == "cpu":
         lines.append(
             f"- compiled CPU kernels: {'yes' if env['cpu_kernels'] else 'no (PyTorch path)'}; "
-            f"THP_MEM_ALLOC_ENABLE={env.get('thp')}"
+            f"THP_MEM_ALLOC_ENABLE={env.get('thp')}; OMP_WAIT_POLICY={env.get('omp_wait_policy')}; "
+            f"freed memory kept: {'yes' if env.get('keep_freed_memory') else 'no'}"
         )
     return [*lines, ""]
 
