@@ -13,13 +13,6 @@ import os
 # Results do not change; set THP_MEM_ALLOC_ENABLE=0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-# Let torch's idle OpenMP threads sleep at once instead of spinning (libgomp's default spins 300,000 rounds after
-# every parallel op): a spinning thread holds a core that the compiled kernels' worker threads need (kernelized.cpu
-# runs them from Python threads). libgomp reads this once, when torch loads it, so again only where kernelized is
-# imported first. Attention layers' forward + backward on the 2-core VM ran 10-30% faster (softmax's at the LRA
-# shape 15%): docs/bench/threads/omp_wait.txt. Set OMP_WAIT_POLICY yourself to choose otherwise.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from kernelized import kernels, layers, ops  # noqa: E402
 from kernelized._hf_hook import register_with_transformers  # noqa: E402
 

@@ -1,5 +1,6 @@
-"""What ``import kernelized`` sets for torch before torch loads (huge pages for large tensors, OpenMP threads that
-sleep when idle), and that a user's own setting wins."""
+"""What ``import kernelized`` sets for torch before torch allocates (huge pages for large tensors), that a user's own
+setting wins, and what it leaves alone: libgomp's wait policy (``OMP_WAIT_POLICY=PASSIVE`` sped the kernels' layers
+at the LRA shape but slowed softmax and the PTB LM's training steps: docs/bench/threads/omp_wait.txt)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import subprocess
 import sys
 
-_SCRIPT = "import os, kernelized; print(os.environ['THP_MEM_ALLOC_ENABLE'], os.environ['OMP_WAIT_POLICY'])"
+_SCRIPT = "import os, kernelized; print(os.environ['THP_MEM_ALLOC_ENABLE'], os.environ.get('OMP_WAIT_POLICY'))"
 
 
 def _run(**env: str) -> list[str]:
@@ -17,8 +18,8 @@ def _run(**env: str) -> list[str]:
     return proc.stdout.split()
 
 
-def test_import_sets_huge_pages_and_passive_openmp_threads():
-    assert _run() == ["1", "PASSIVE"]
+def test_import_sets_huge_pages_and_leaves_openmp_alone():
+    assert _run() == ["1", "None"]
 
 
 def test_a_users_settings_are_kept():

@@ -7,9 +7,8 @@ Shape: B 8, T 1024, 4 heads, q/k head size 32, Dv 32, fp32, train mode, 2 torch 
 
     .venv/bin/python docs/bench/features/ab_feature_maps.py BEFORE AFTER > docs/bench/features/ab_feature_maps.txt
 
-``--trainer-settings`` runs both revisions' processes as the ``kernelized`` command and the Trainer run now: freed
-memory kept (``kernelized.train.memory.keep_freed_memory``, by ``mallopt`` here since an older revision may lack
-it) and idle OpenMP threads passive (``OMP_WAIT_POLICY=PASSIVE``, which ``import kernelized`` sets).
+``--trainer-settings`` runs both revisions' processes with glibc set as the Trainer now sets it: freed memory kept
+(``kernelized.train.memory.keep_freed_memory``, by ``mallopt`` here since an older revision may lack it).
 """
 
 from __future__ import annotations
@@ -85,7 +84,6 @@ def run(revision: str, folder: str, names: list[str], keep: bool) -> dict:
     argv = [sys.executable, __file__, "--child", *(["--kernels", ",".join(names)] if names else [])]
     if keep:
         argv.append("--trainer-settings")
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -97,7 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kernels", default="", help="comma-separated kernel names (default: all)")
     parser.add_argument(
-        "--trainer-settings", action="store_true", help="glibc and OpenMP set as the kernelized command runs"
+        "--trainer-settings", action="store_true", help="glibc set as the Trainer sets it"
     )
     args = parser.parse_args()
     names = [n for n in args.kernels.split(",") if n]
@@ -119,8 +117,7 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
     med = {rev: {k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]} for k in runs[0]}
            for rev, runs in results.items()}  # fmt: skip
-    memory = ("freed memory kept, OMP_WAIT_POLICY=PASSIVE (as the kernelized command runs)" if args.trainer_settings
-              else "glibc's and libgomp's defaults")  # fmt: skip
+    memory = "freed memory kept (as the Trainer sets glibc)" if args.trainer_settings else "glibc's defaults"
     print(f"B {B}, T {T}, {H} heads, d {D}, Dv {DV}; fp32, 2 threads; {memory}; "
           f"ms, median of {args.rounds} rounds x 5 calls\n")  # fmt: skip
     print(f"| kernel | features fwd {before} | fwd {after} | features fwd+bwd {before} | fwd+bwd {after} | "

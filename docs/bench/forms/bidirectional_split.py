@@ -1,6 +1,6 @@
 """The compiled bidirectional op at two git revisions, over feature counts: forward + backward at the LRA shapes,
-each revision in its own process (``git worktree``), rounds alternating, run as the ``kernelized`` command runs
-(freed memory kept, ``OMP_WAIT_POLICY=PASSIVE``); median ms, and the FLOP floor ``12 T F (Dv+1)`` per sequence at
+each revision in its own process (``git worktree``), rounds alternating, freed memory kept as the Trainer keeps it;
+median ms, and the FLOP floor ``12 T F (Dv+1)`` per sequence at
 this run's own 2-thread matmul rate.
 
     .venv/bin/python docs/bench/forms/bidirectional_split.py BEFORE AFTER > docs/bench/forms/bidirectional_split.txt
@@ -48,7 +48,7 @@ def child() -> None:
 
 
 def run(folder: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.join(folder, "src"), OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, PYTHONPATH=os.path.join(folder, "src"))
     proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -72,8 +72,8 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
     med = {rev: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for rev, runs in results.items()}
     rate = med[after]["rate"]
-    print(f"Bidirectional op, forward + backward, fp32, {H} heads, Dv {DV}, 2 threads, freed memory kept, "
-          f"OMP_WAIT_POLICY=PASSIVE; median of {rounds} rounds x 7 calls; matmul rate {rate / 1e9:.0f} GFLOP/s\n")  # fmt: skip
+    print(f"Bidirectional op, forward + backward, fp32, {H} heads, Dv {DV}, 2 threads, freed memory kept; "
+          f"median of {rounds} rounds x 7 calls; matmul rate {rate / 1e9:.0f} GFLOP/s\n")  # fmt: skip
     print(f"| B, T | F | {before} ms | {after} ms | {after} / {before} | FLOP floor ms | {after} / floor |")
     print("|---|---|---|---|---|---|---|")
     for B, T in SHAPES:

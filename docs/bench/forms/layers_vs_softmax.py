@@ -1,6 +1,6 @@
 """Issue 17's table, rerun: each kernel's attention layer over softmax's, forward + backward, train mode, 2 threads,
 side by side in one process (median of 7 calls after 2), in ``mode="auto"`` and in the ``chunk`` form that was the
-default before it.
+default before it. Freed memory kept, as the Trainer sets glibc (``kernelized.train.memory.keep_freed_memory``).
 
     .venv/bin/python docs/bench/forms/layers_vs_softmax.py > docs/bench/forms/layers_vs_softmax.txt
 """
@@ -11,6 +11,7 @@ import torch
 
 from kernelized.experiments.bench import measure
 from kernelized.layers import KernelAttention, SoftmaxAttention
+from kernelized.train.memory import keep_freed_memory
 
 SHAPES = {  # label: (B, T, heads, q/k head size, causal); d_model 128 throughout
     "MQAR: B 64, T 256, 8 heads of 16, causal": (64, 256, 8, 16, True),
@@ -28,6 +29,7 @@ def seconds(layer, x: torch.Tensor, **kwargs) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()
     torch.set_num_threads(2)
     print("| shape | softmax ms | " + " | ".join(KERNELS) + " |")
     print("|---|---|" + "---|" * len(KERNELS))
