@@ -196,6 +196,27 @@ def test_build_is_cached_by_source_and_reused(monkeypatch, tmp_path):
     assert cpu._build(compiler) != first
 
 
+@needs_kernels
+def test_without_openmp_the_same_sources_build_serial(monkeypatch, tmp_path):
+    """A compiler that refuses the OpenMP flags still builds the library, with its parallel loops serial."""
+    compiler = os.environ.get("CXX") or "g++"
+    monkeypatch.setenv("KERNELIZED_CACHE", str(tmp_path))
+    parallel = cpu._build(compiler)
+    monkeypatch.setattr(cpu, "FLAGS", (*cpu.FLAGS, "-fno-such-option"))  # this build fails: SERIAL_FLAGS instead
+    serial = cpu._build(compiler)
+    assert serial != parallel and serial.exists()
+    assert "-fopenmp" not in cpu.SERIAL_FLAGS
+
+
+@needs_kernels
+def test_the_kernels_share_torchs_openmp_runtime():
+    """The library's parallel loops run on the libgomp torch loaded: one OpenMP runtime in the process."""
+    cpu.library()
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
 @pytest.mark.parametrize("n_items", [1, 3, 8, 13, 100, 2048])
 def test_worker_groups_cover_every_item_once(n_items):
     """(batch, head) pairs go to worker threads in contiguous groups: each exactly once, thread count restored."""

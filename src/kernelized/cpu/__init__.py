@@ -10,8 +10,12 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
   cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
-to the kernels as function pointers, so nothing else is linked. ctypes releases the GIL during a call, so Python
-worker threads run kernels in parallel.
+to the kernels as function pointers. OpenMP is torch's own too: the library is built with ``-fopenmp`` and its
+``libgomp.so.1`` is the one torch has loaded, so the bidirectional, polynomial and random-feature kernels spread
+their (batch, head) sequences or row ranges over torch's thread team in one call. Where Python worker threads ran
+them instead (:func:`run_parallel`, still used by the causal chunk op and the monomials), torch's idle OpenMP
+threads spun on the cores those threads needed: the bidirectional op took 1.1-1.9x as long at the LRA shapes
+(docs/bench/forms/bidirectional_openmp.txt). ctypes releases the GIL during a call.
 
 Where there is no compiler, the build fails, or torch's library exports no BLAS, ``library()`` returns None (with
 one warning) and callers take their PyTorch path. ``KERNELIZED_DISABLE_CPU_KERNELS=1`` forces that path.
@@ -39,7 +43,10 @@ import torch
 
 SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp", "random_features.cpp")
 HEADERS = ("gemm.h", "vmath.h")  # included by the sources: part of the cache key
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
+# -fopenmp: the parallel loops (random_features.cpp) run on torch's own OpenMP team, since the library's libgomp.so.1
+# is the one torch has loaded. A compiler without OpenMP builds the same code with its parallel loops serial.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+SERIAL_FLAGS = tuple("-fopenmp-simd" if flag == "-fopenmp" else flag for flag in FLAGS)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -71,13 +78,21 @@ def _cpu_id() -> str:
 
 
 def _build(compiler: str) -> Path:
+    """The library built with :data:`FLAGS`, else (the compiler has no OpenMP) with :data:`SERIAL_FLAGS`."""
+    try:
+        return _build_with(compiler, FLAGS)
+    except RuntimeError:
+        return _build_with(compiler, SERIAL_FLAGS)
+
+
+def _build_with(compiler: str, flags: tuple[str, ...]) -> Path:
     """Compile the sources into a shared library in the cache (reused when source, flags and CPU match)."""
     here = Path(__file__).parent
     paths = [here / name for name in SOURCES]
     key = hashlib.sha256()
     for part in (
         *[(here / name).read_bytes() for name in (*SOURCES, *HEADERS)],
-        " ".join(FLAGS).encode(),
+        " ".join(flags).encode(),
         compiler.encode(),
         _cpu_id().encode(),
     ):
@@ -90,7 +105,7 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *FLAGS, *map(str, paths), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([compiler, *flags, *map(str, paths), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed:\n{proc.stderr[-2000:]}")
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
@@ -111,24 +126,25 @@ def _torch_blas() -> dict[str, int]:
 
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
 _HEADS = [_P, _L, _L, _L]
+_ROWS = [_P, _L, _L]  # a [N, H, X] tensor of unit-stride rows: pointer, head stride, row stride
 _SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) pairs
     "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
     "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
                        _I, _I, _I, _I],
-    "bidirectional_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _L, _I, _I, _I, _D],
-    "bidirectional_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _L, _P, _L,
-                               _P, _L, _I, _I, _I],
     # batched over (batch, head) pairs; each strided tensor is _HEADS: pointer, batch, head and row strides
+    "bidirectional_forward": [_P, *_HEADS * 3, _P, _P, *_HEADS, _P, _P, _L, _L, _L, _I, _I, _I, _D],
+    "bidirectional_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, _P, _P, *_HEADS * 3, _P, _L, _L, _L, _I, _I,
+                               _I],
     "polynomial_forward": [_P, *_HEADS * 3, _P, *_HEADS, _P, _L, _L, _L, _L, _I, _I, _I, _P, _D, _I, _D],
     "polynomial_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, *_HEADS * 3, _L, _L, _L, _L, _I, _I, _I, _P, _D,
                             _I],
     "monomials2_forward": [_P, _L, _I, _P, _P, _L],
     "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
-    # one head's rows: gemm, x rows, N, d, W [M, d], M, ...
-    "rks_forward": [_P, _P, _L, _L, _I, _P, _I, _P, _I, _D, _P, _L],
-    "rks_backward": [_P, _P, _L, _L, _I, _P, _I, _P, _L, _P, _L, _P, _L, _P, _P],
-    "prf_forward": [_P, _P, _L, _L, _I, _P, _I, _P, _D, _I, _I, _D, _P, _L],
-    "prf_backward": [_P, _P, _L, _L, _I, _P, _I, _P, _L, _P, _L, _D, _I, _P, _L, _P, _P],
+    # every head, strided tensors as (pointer, head stride, row stride): gemm, x, N, d, W [H, M, d], M, ..., H, chunks
+    "rks_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _I, _D, *_ROWS, _I, _I],
+    "rks_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, *_ROWS, _P, _P, _I, _I],
+    "prf_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _D, _I, _I, _P, *_ROWS, _I, _I],
+    "prf_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, _D, _I, *_ROWS, _P, _P, _I, _I],
 }  # fmt: skip
 
 
@@ -192,6 +208,11 @@ def heads(x: torch.Tensor) -> tuple[int, int, int, int]:
     elements, as the batched kernels take a strided tensor (the caller keeps x alive during the call)."""
     assert x.stride(3) == 1 and x.stride(1) >= x.shape[3], (x.shape, x.stride())
     return x.data_ptr(), x.stride(0), x.stride(2), x.stride(1)
+
+
+def pointer(x: torch.Tensor | None):
+    """A contiguous tensor's data pointer, or NULL (None) for x None."""
+    return None if x is None else x.data_ptr()
 
 
 def block_pointers(x: torch.Tensor | None):

@@ -80,22 +80,58 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
 }
 
+// Every (batch, head) sequence i = b H + h in one call, as OpenMP work items on the calling thread's team (torch's:
+// the library links the libgomp torch loaded). keep [B, L] or null; S0, S, dS_final, dS0 [B, H, F, Dv+1] or null;
+// norm [B, H, L] or null.
+template <typename T>
+void forward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k, kz::Heads<const T> v, const T* keep,
+                   const T* S0, kz::Heads<T> o, T* S, T* norm, long B, long H, long L, int F, int Dv, int normalize,
+                   T eps) {
+    const long state = static_cast<long>(F) * (Dv + 1);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long i = 0; i < B * H; ++i) {
+        const long b = i / H, h = i % H;
+        forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
+                   S0 ? S0 + i * state : nullptr, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr, L,
+                   F, Dv, normalize, eps);
+    }
+}
+
+template <typename T>
+void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k, kz::Heads<const T> v,
+                    const T* keep, kz::Heads<const T> d_o, kz::Heads<const T> o, const T* S, const T* norm,
+                    const T* dS_final, kz::Heads<T> dq, kz::Heads<T> dk, kz::Heads<T> dv, T* dS0, long B, long H,
+                    long L, int F, int Dv, int normalize) {
+    const long state = static_cast<long>(F) * (Dv + 1);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long i = 0; i < B * H; ++i) {
+        const long b = i / H, h = i % H;
+        backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
+                    d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
+                    dS_final ? dS_final + i * state : nullptr, dq.at(b, h), dq.ld, dk.at(b, h), dk.ld, dv.at(b, h),
+                    dv.ld, dS0 ? dS0 + i * state : nullptr, L, F, Dv, normalize);
+    }
+}
+
 }  // namespace
 
-#define KZ_EXPORT(T, suffix)                                                                                  \
-    extern "C" void bidirectional_forward_##suffix(void* gemm, const T* q, long ldq, const T* k, long ldk,    \
-                                                   const T* v, long ldv, const T* keep, const T* S0, T* o,    \
-                                                   long ldo, T* S, T* norm, long L, int F, int Dv,            \
-                                                   int normalize, double eps) {                               \
-        forward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, S0, o, ldo, S, norm, L, \
-                   F, Dv, normalize, static_cast<T>(eps));                                                    \
-    }                                                                                                         \
-    extern "C" void bidirectional_backward_##suffix(                                                          \
-        void* gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,          \
-        const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm, const T* dS_final, T* dq,   \
-        long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize) {        \
-        backward<T>(reinterpret_cast<kz::Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, keep, d_o, lddo, o, ldo, S,  \
-                    norm, dS_final, dq, lddq, dk, lddk, dv, lddv, dS0, L, F, Dv, normalize);                  \
+#define KZ_EXPORT(T, suffix)                                                                                     \
+    extern "C" void bidirectional_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),       \
+                                                   KZ_HEADS(const T, v), const T* keep, const T* S0,             \
+                                                   KZ_HEADS(T, o), T* S, T* norm, long B, long H, long L, int F, \
+                                                   int Dv, int normalize, double eps) {                          \
+        forward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),              \
+                         KZ_AT(const T, v), keep, S0, KZ_AT(T, o), S, norm, B, H, L, F, Dv, normalize,           \
+                         static_cast<T>(eps));                                                                   \
+    }                                                                                                            \
+    extern "C" void bidirectional_backward_##suffix(                                                             \
+        void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
+        KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* S, const T* norm, const T* dS_final,              \
+        KZ_HEADS(T, dq), KZ_HEADS(T, dk), KZ_HEADS(T, dv), T* dS0, long B, long H, long L, int F, int Dv,        \
+        int normalize) {                                                                                         \
+        backward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),             \
+                          KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), S, norm, dS_final,    \
+                          KZ_AT(T, dq), KZ_AT(T, dk), KZ_AT(T, dv), dS0, B, H, L, F, Dv, normalize);             \
     }
 
 KZ_EXPORT(float, f32)

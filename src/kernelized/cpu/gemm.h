@@ -1,5 +1,6 @@
-// What the kernels share: the row-major gemm on torch's BLAS pointer, two copies, the output's gradient. Header-only, included by
-// every source of the library (kernelized/cpu/__init__.py hashes it with them).
+// What the kernels share: the row-major gemm on torch's BLAS pointer, strided [B, L, H, X] tensors, two copies, the
+// output's gradient. Header-only, included by every source of the library (kernelized/cpu/__init__.py hashes it
+// with them).
 
 #pragma once
 
@@ -24,6 +25,18 @@ struct RowMajor {
         gemm(&cb, &ca, &n, &m, &k, &alpha, b, &lb, a, &la, &beta, c, &lc);
     }
 };
+
+// Strided [B, L, H, X] tensors for the batched entry points: element offsets of batch b and head h, row stride ld.
+template <typename T>
+struct Heads {
+    T* base;
+    long sb, sh, ld;
+    T* at(long b, long h) const { return base + b * sb + h * sh; }
+};
+
+// Entry points take each strided tensor as (pointer, batch stride, head stride, row stride), in elements.
+#define KZ_HEADS(T, x) T *x, long x##_sb, long x##_sh, long x##_ld
+#define KZ_AT(T, x) kz::Heads<T>{x, x##_sb, x##_sh, x##_ld}
 
 template <typename T>
 void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T

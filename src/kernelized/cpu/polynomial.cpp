@@ -12,6 +12,7 @@
 
 namespace {
 
+using kz::Heads;
 using kz::RowMajor;
 
 constexpr int QB = 64;  // queries per block: a block's scores (QB x L floats) stay in L2 up to L ~ 4k
@@ -103,20 +104,14 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     }
 }
 
-// Strided [B, L, H, X] tensors for the batched entry points: element offsets of batch b and head h, row stride ld.
-template <typename T>
-struct Heads {
-    T* base;
-    long sb, sh, ld;
-    T* at(long b, long h) const { return base + b * sb + h * sh; }
-};
-
 // Every (batch, head) sequence i in [i0, i1) (b = i / H, h = i % H) in one call: a Python loop of one call per
-// sequence cost more than the kernel itself at the MQAR demo's shape (192 sequences of 64 tokens).
+// sequence cost more than the kernel itself at the MQAR demo's shape (192 sequences of 64 tokens). The sequences
+// are OpenMP work items on the calling thread's team (torch's: the library links the libgomp torch loaded).
 template <typename T>
 void forward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep, Heads<T> o,
                    T* norm, long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale,
                    int normalize, T eps) {
+#pragma omp parallel for schedule(dynamic, 1)
     for (long i = i0; i < i1; ++i) {
         const long b = i / H, h = i % H;
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
@@ -128,6 +123,7 @@ template <typename T>
 void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep,
                     Heads<const T> d_o, Heads<const T> o, const T* norm, Heads<T> dq, Heads<T> dk, Heads<T> dv, long H,
                     long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize) {
+#pragma omp parallel for schedule(dynamic, 1)
     for (long i = i0; i < i1; ++i) {
         const long b = i / H, h = i % H;
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
@@ -138,9 +134,6 @@ void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<
 
 }  // namespace
 
-// Each strided tensor is passed as (pointer, batch stride, head stride, row stride), in elements.
-#define KZ_HEADS(T, x) T *x, long x##_sb, long x##_sh, long x##_ld
-#define KZ_AT(T, x) Heads<T>{x, x##_sb, x##_sh, x##_ld}
 #define KZ_EXPORT(T, suffix)                                                                                     \
     extern "C" void polynomial_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),          \
                                                 KZ_HEADS(const T, v), const T* keep, KZ_HEADS(T, o), T* norm,    \

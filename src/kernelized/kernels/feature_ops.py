@@ -154,64 +154,42 @@ def _compiled(x: torch.Tensor, w: torch.Tensor) -> bool:
     return x.dim() >= 2 and x.shape[-2] == w.shape[0] and x.numel() > 0 and _cpu.usable(x, w)
 
 
-class _Rows:
-    """One call's view of ``x [..., H, d]`` (or features, gradients): ``[N, H, X]`` rows with unit stride, and the
-    address of head h's row n with the rows' leading dimension."""
-
-    def __init__(self, x: torch.Tensor, H: int):
-        rows = x.reshape(-1, H, x.shape[-1])
-        self.t = rows if rows.stride(-1) == 1 else rows.contiguous()
-        self.ld, size = self.t.stride(0), self.t.element_size()
-        self._base, self._sn, self._sh = self.t.data_ptr(), self.t.stride(0) * size, self.t.stride(1) * size
-
-    def at(self, h: int, n: int) -> int:
-        return self._base + n * self._sn + h * self._sh
+def _heads(t: torch.Tensor, H: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``t [..., H, X]`` as ``[N, H, X]`` rows with unit stride (a copy only for odd layouts) and the kernels'
+    ``(pointer, head stride, row stride)`` of it; keep the tensor alive during the call."""
+    rows = t.reshape(-1, H, t.shape[-1])
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    return rows, (rows.data_ptr(), rows.stride(1), rows.stride(0))
 
 
-def _work(N: int, H: int) -> list[tuple[int, int, int]]:
-    """``(head, first row, end row)`` items: each head's rows in a few chunks, enough to keep the threads busy."""
-    chunks = max(1, min(-(-N // 128), -(-4 * torch.get_num_threads() // H)))
-    size = -(-N // chunks)
-    return [(h, n0, min(n0 + size, N)) for h in range(H) for n0 in range(0, N, size)]
+def _chunks(N: int, H: int) -> int:
+    """Row ranges per head: enough work items to keep torch's threads busy, each of a tile of rows at least."""
+    return max(1, min(-(-N // 128), -(-4 * torch.get_num_threads() // H)))
 
 
-def _forward(name: str, x: torch.Tensor, w: torch.Tensor, F: int, args) -> torch.Tensor:
-    """Features ``[N, H, F]`` of every head's rows; ``args(h)`` are the call's arguments after W and M."""
+def _forward(name: str, x: torch.Tensor, w: torch.Tensor, F: int, args: tuple) -> torch.Tensor:
+    """Features ``[N, H, F]`` of every head's rows, one kernel call; ``args`` come between M and the output."""
     H, M, d = w.shape
     fn, gemm = _cpu.kernel(name, x.dtype)
-    xs, w = _Rows(x, H), w.contiguous()
-    out = x.new_empty(xs.t.shape[0], H, F)
-    os, items = _Rows(out, H), _work(xs.t.shape[0], H)
-
-    def run(ids: range) -> None:
-        for i in ids:
-            h, n0, n1 = items[i]
-            fn(gemm, xs.at(h, n0), xs.ld, n1 - n0, d, w[h].data_ptr(), M, *args(h), os.at(h, n0), os.ld)
-
-    _cpu.run_parallel(run, len(items))
+    rows, xs = _heads(x, H)
+    N = rows.shape[0]
+    out = x.new_empty(N, H, F)
+    fn(gemm, *xs, N, d, w.data_ptr(), M, *args, out.data_ptr(), F, H * F, H, _chunks(N, H))
     return out
 
 
-def _backward(name: str, x, w, out, g, args):
-    """``dx [..., H, d]``, ``dw [H, M, d]`` and the per-frequency sums ``[H, M]`` the kernel accumulates; ``args``
-    go between the gradient's rows and dx's."""
+def _backward(name: str, x, w, out, g, args: tuple):
+    """``dx [..., H, d]``, ``dw [H, M, d]`` and the per-frequency sums ``[H, M]`` the kernel accumulates, one call;
+    ``args`` come between the gradient's rows and dx's."""
     H, M, d = w.shape
     fn, gemm = _cpu.kernel(name, x.dtype)
-    xs, os, gs = _Rows(x, H), _Rows(out, H), _Rows(g, H)
-    items = _work(xs.t.shape[0], H)
-    dx = x.new_empty(xs.t.shape[0], H, d)
-    dxs = _Rows(dx, H)
-    dw, sums = x.new_zeros(len(items), M, d), x.new_zeros(len(items), M)  # one partial sum per item
-
-    def run(ids: range) -> None:
-        for i in ids:
-            h, n0, n1 = items[i]
-            fn(gemm, xs.at(h, n0), xs.ld, n1 - n0, d, w[h].data_ptr(), M, os.at(h, n0), os.ld, gs.at(h, n0), gs.ld,
-               *args, dxs.at(h, n0), dxs.ld, dw[i].data_ptr(), sums[i].data_ptr())  # fmt: skip
-
-    _cpu.run_parallel(run, len(items))
-    per_head = len(items) // H  # items are head-major, the same number per head
-    return dx.view(x.shape), dw.view(H, per_head, M, d).sum(1), sums.view(H, per_head, M).sum(1)
+    (rows, xs), (_g_alive, gs) = _heads(x, H), _heads(g, H)  # the rows (maybe a copy) live through the call
+    N, F, chunks = rows.shape[0], out.shape[-1], _chunks(rows.shape[0], H)
+    dx = x.new_empty(N, H, d)
+    dw, sums = x.new_zeros(H * chunks, M, d), x.new_zeros(H * chunks, M)  # one partial sum per work item
+    fn(gemm, *xs, N, d, w.data_ptr(), M, out.data_ptr(), F, H * F, *gs, *args, dx.data_ptr(), d, H * d,
+       dw.data_ptr(), sums.data_ptr(), H, chunks)  # fmt: skip
+    return dx.view(x.shape), dw.view(H, chunks, M, d).sum(1), sums.view(H, chunks, M).sum(1)
 
 
 def reference_rks(x, w, amp, smoothing):
@@ -241,8 +219,8 @@ class _CompiledRKS(torch.autograd.Function):
         M = w.shape[1]
         F = 2 * M + (smoothing is not None)
         smooth = (int(smoothing is not None), 0.0 if smoothing is None else float(smoothing))
-        a = amp.contiguous()
-        out = _forward("rks_forward", x, w, F, lambda h: (a[h].data_ptr(), *smooth))
+        a, w = amp.contiguous(), w.contiguous()
+        out = _forward("rks_forward", x, w, F, (a.data_ptr(), *smooth))
         ctx.save_for_backward(x, w, amp, out)
         ctx.smoothing = smoothing
         return out.view(*x.shape[:-1], F)
@@ -263,11 +241,9 @@ class _CompiledPRF(torch.autograd.Function):
     def forward(ctx, x, w, log_amp, offset, hyperbolic, key_shift, query_max):
         M = w.shape[1]
         mode = 2 if query_max else 0 if key_shift is None else 1
-        la = log_amp.contiguous()
-
-        def args(h: int):
-            return la[h].data_ptr(), offset, int(hyperbolic), mode, key_shift[h] if mode == 1 else 0.0
-
+        la, w = log_amp.contiguous(), w.contiguous()
+        shift = torch.tensor(key_shift, dtype=torch.float64) if mode == 1 else None  # [H], alive for the call
+        args = (la.data_ptr(), offset, int(hyperbolic), mode, None if shift is None else shift.data_ptr())
         out = _forward("prf_forward", x, w, 2 * M if hyperbolic else M, args)
         ctx.save_for_backward(x, w, log_amp, out)
         ctx.args = offset, hyperbolic, key_shift, query_max

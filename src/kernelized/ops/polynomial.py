@@ -122,21 +122,19 @@ class _CompiledPolynomial(torch.autograd.Function):
 
 
 def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
-    """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``: the kernel takes a
-    contiguous range of (batch, head) sequences per call, one range per worker thread."""
+    """``o [B, T, H, Dv]`` and (``save`` and normalising) the normaliser + eps ``[B, H, T]``: one kernel call for
+    every (batch, head) sequence, which it spreads over torch's OpenMP threads."""
     B, T, H, d = q.shape
     Dv = v.shape[-1]
     fn, gemm = _cpu.kernel("polynomial_forward", v.dtype)
     o = v.new_empty(B, T, H, Dv)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
     q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
-    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _pointer(keep), *_cpu.heads(o), _pointer(norm), H]
+    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep), *_cpu.heads(o), _cpu.pointer(norm),
+            H]  # fmt: skip
     normalize, eps_ = int(eps is not None), 0.0 if eps is None else eps
 
-    def pairs(items: range) -> None:
-        fn(gemm, *args, items.start, items.stop, T, d, Dv, int(causal), coef.data_ptr(), scale, normalize, eps_)
-
-    _cpu.run_parallel(pairs, B * H)
+    fn(gemm, *args, 0, B * H, T, d, Dv, int(causal), coef.data_ptr(), scale, normalize, eps_)
     return o, norm
 
 
@@ -146,16 +144,8 @@ def _compiled_backward(q, k, v, keep, coef, scale, causal, eps, do, o, norm):
     fn, gemm = _cpu.kernel("polynomial_backward", v.dtype)
     dq, dk, dv = q.new_empty(B, T, H, d), k.new_empty(B, T, H, d), v.new_empty(B, T, H, Dv)
     q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
-    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _pointer(keep), *_cpu.heads(do), *_cpu.heads(o),
-            _pointer(norm), *_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), H]  # fmt: skip
+    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep), *_cpu.heads(do), *_cpu.heads(o),
+            _cpu.pointer(norm), *_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), H]  # fmt: skip
 
-    def pairs(items: range) -> None:
-        fn(gemm, *args, items.start, items.stop, T, d, Dv, int(causal), coef.data_ptr(), scale, int(eps is not None))
-
-    _cpu.run_parallel(pairs, B * H)
+    fn(gemm, *args, 0, B * H, T, d, Dv, int(causal), coef.data_ptr(), scale, int(eps is not None))
     return dq, dk, dv
-
-
-def _pointer(x: torch.Tensor | None):
-    """A contiguous tensor's data pointer, or NULL."""
-    return None if x is None else x.data_ptr()

@@ -78,24 +78,18 @@ class _Bidirectional(torch.autograd.Function):
 
 def _compiled_forward(q, k, v, keep, S0, eps: float | None, save: bool):
     """``o [B, T, H, Dv]``, ``S [B, H, F, Dv+1]`` and, if ``save`` and normalising, the normaliser + eps
-    ``[B, H, T]`` (else None), one (batch, head) sequence per kernel call."""
+    ``[B, H, T]`` (else None): one kernel call, which spreads the (batch, head) sequences over torch's OpenMP
+    threads."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
     fn, gemm = _cpu.kernel("bidirectional_forward", v.dtype)
     o, S = v.new_empty(B, T, H, Dv), v.new_empty(B, H, Fd, Dv + 1)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
-    q_, k_, v_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, o))
-    S0_, S_, norm_ = (_cpu.block_pointers(x) for x in (None if S0 is None else S0.contiguous(), S, norm))
-    keep_ = _cpu.block_pointers(None if keep is None else keep[:, None])
-    normalize, eps = int(eps is not None), 0.0 if eps is None else eps
-
-    def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), S0_(b, h), *o_(b, h), S_(b, h), norm_(b, h),
-               T, Fd, Dv, normalize, eps)  # fmt: skip
-
-    _cpu.run_parallel(pairs, B * H)
+    q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
+    S0 = None if S0 is None else S0.contiguous()
+    qkv = (*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep))
+    fn(gemm, *qkv, _cpu.pointer(S0), *_cpu.heads(o), S.data_ptr(), _cpu.pointer(norm), B, H, T, Fd, Dv,
+       int(eps is not None), 0.0 if eps is None else eps)  # fmt: skip
     return o, S, norm
 
 
@@ -106,16 +100,10 @@ def _compiled_backward(q, k, v, keep, do, o, S, norm, dS, eps: float | None, has
     fn, gemm = _cpu.kernel("bidirectional_backward", v.dtype)
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
     dS0 = v.new_empty(B, H, Fd, Dv + 1) if has_init else None
-    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
-    dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
-    S_, norm_, dS_, dS0_ = (_cpu.block_pointers(x) for x in (S, norm, None if dS is None else dS.contiguous(), dS0))
-    keep_ = _cpu.block_pointers(None if keep is None else keep[:, None])
-
-    def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), keep_(b, 0), *do_(b, h), *o_(b, h), S_(b, h), norm_(b, h),
-               dS_(b, h), *dq_(b, h), *dk_(b, h), *dv_(b, h), dS0_(b, h), T, Fd, Dv, int(eps is not None))  # fmt: skip
-
-    _cpu.run_parallel(pairs, B * H)
+    q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
+    dS = None if dS is None else dS.contiguous()
+    qkv = (*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep))
+    grads = (*_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), _cpu.pointer(dS0))
+    fn(gemm, *qkv, *_cpu.heads(do), *_cpu.heads(o), S.data_ptr(), _cpu.pointer(norm), _cpu.pointer(dS), *grads,
+       B, H, T, Fd, Dv, int(eps is not None))  # fmt: skip
     return dq, dk, dv, dS0
