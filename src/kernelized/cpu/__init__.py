@@ -11,10 +11,10 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
 to the kernels as function pointers. OpenMP is torch's own too: the library is built with ``-fopenmp`` and its
-``libgomp.so.1`` is the one torch has loaded, so the bidirectional, polynomial and random-feature kernels spread
-their (batch, head) sequences or row ranges over torch's thread team in one call. Where Python worker threads ran
-them instead (:func:`run_parallel`, still used by the causal chunk op and the monomials), torch's idle OpenMP
-threads spun on the cores those threads needed: the bidirectional op took 1.1-1.9x as long at the LRA shapes
+``libgomp.so.1`` is the one torch has loaded, so every op's kernel spreads its (batch, head) sequences or row
+ranges over torch's thread team in one call. Where Python worker threads ran them instead (:func:`run_parallel`,
+still used by the monomial features and the chunk op's PyTorch path), torch's idle OpenMP threads spun on the cores
+those threads needed: the bidirectional op took 1.1-1.9x as long at the LRA shapes
 (docs/bench/forms/bidirectional_openmp.txt). ctypes releases the GIL during a call.
 
 Where there is no compiler, the build fails, or torch's library exports no BLAS, ``library()`` returns None (with
@@ -127,11 +127,11 @@ def _torch_blas() -> dict[str, int]:
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
 _HEADS = [_P, _L, _L, _L]
 _ROWS = [_P, _L, _L]  # a [N, H, X] tensor of unit-stride rows: pointer, head stride, row stride
-_SIGNATURES = {  # see the .cpp sources; rows are (pointer, leading dimension) pairs
-    "chunk_forward": [_P, _P, _L, _P, _L, _P, _L, _P, _P, _L, _P, _P, _P, _P, _L, _I, _I, _I, _I, _D],
-    "chunk_backward": [_P, _P, _L, _P, _L, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _P, _L, _P, _L, _P, _L,
-                       _I, _I, _I, _I],
-    # batched over (batch, head) pairs; each strided tensor is _HEADS: pointer, batch, head and row strides
+_BLOCKS = [_P, _L, _L]  # per-sequence blocks of a [B, H, ...] or [H, B, ...] array: pointer, batch, head strides
+_SIGNATURES = {  # see the .cpp sources; the ops' calls are batched over (batch, head) pairs, strided [B, T, H, X]
+    # tensors as _HEADS (pointer, batch, head and row strides), per-sequence blocks as _BLOCKS
+    "chunk_forward": [_P, *_HEADS * 3, *_BLOCKS, *_HEADS, *_BLOCKS * 4, _L, _L, _L, _I, _I, _I, _I, _D],
+    "chunk_backward": [_P, *_HEADS * 5, *_BLOCKS * 4, *_HEADS * 3, *_BLOCKS, _L, _L, _L, _I, _I, _I, _I],
     "bidirectional_forward": [_P, *_HEADS * 3, _P, _P, *_HEADS, _P, _P, _L, _L, _L, _I, _I, _I, _D],
     "bidirectional_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, _P, _P, *_HEADS * 3, _P, _L, _L, _L, _I, _I,
                                _I],
@@ -194,15 +194,6 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 and x.stride(1) >= x.shape[-1] and x.stride(1) > 0 else x.contiguous()
 
 
-def row_pointers(x: torch.Tensor):
-    """For ``x [B, L, H, X]`` with unit-stride rows: ``(b, h) -> (pointer, leading dimension)`` of the ``[L, X]``
-    matrix ``x[b, :, h]``, by pointer arithmetic (slicing tensors per call costs more than the call)."""
-    assert x.stride(3) == 1 and x.stride(1) >= x.shape[3], (x.shape, x.stride())
-    base, size = x.data_ptr(), x.element_size()
-    sb, ld, sh = x.stride(0) * size, x.stride(1), x.stride(2) * size
-    return lambda b, h, _alive=x: (base + b * sb + h * sh, ld)  # the closure keeps x (maybe a copy) alive
-
-
 def heads(x: torch.Tensor) -> tuple[int, int, int, int]:
     """For ``x [B, L, H, X]`` with unit-stride rows: ``(pointer, batch stride, head stride, row stride)`` in
     elements, as the batched kernels take a strided tensor (the caller keeps x alive during the call)."""
@@ -215,13 +206,14 @@ def pointer(x: torch.Tensor | None):
     return None if x is None else x.data_ptr()
 
 
-def block_pointers(x: torch.Tensor | None):
-    """For a contiguous ``x [I, J, ...]``: ``(i, j) -> pointer`` of the block ``x[i, j]``; NULL for x None."""
+def blocks(x: torch.Tensor | None, heads_first: bool = False) -> tuple:
+    """For ``x [B, H, ...]`` (``[H, B, ...]`` if ``heads_first``) of contiguous per-sequence blocks: ``(pointer,
+    batch stride, head stride)`` in elements, as the batched kernels take it; ``(None, 0, 0)`` for x None."""
     if x is None:
-        return lambda i, j: None
-    assert x.is_contiguous(), x.stride()
-    base, si, sj = x.data_ptr(), x.stride(0) * x.element_size(), x.stride(1) * x.element_size()
-    return lambda i, j, _alive=x: base + i * si + j * sj
+        return None, 0, 0
+    assert x[0, 0].is_contiguous(), x.stride()
+    sb, sh = (x.stride(1), x.stride(0)) if heads_first else (x.stride(0), x.stride(1))
+    return x.data_ptr(), sb, sh
 
 
 _POOL: ThreadPoolExecutor | None = None  # the worker threads, kept between calls (see run_parallel)

@@ -132,22 +132,59 @@ void backward(Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T*
     if (dS0) transpose(GT, D1, F, dS0);
 }
 
+// A [B, H, ...] or [H, B, ...] array of per-sequence blocks: element offsets of batch b and head h; null base: none.
+template <typename T>
+struct Blocks {
+    T* base;
+    long sb, sh;
+    T* at(long b, long h) const { return base ? base + b * sb + h * sh : nullptr; }
+};
+
 }  // namespace
 
+// Every (batch, head) sequence i = b H + h in one call, as OpenMP work items on the calling thread's team (torch's:
+// the library links the libgomp torch loaded). Strided [B, T, H, X] tensors as (pointer, batch stride, head
+// stride, row stride); per-sequence blocks (S0, S_final, states, scores, norm, dS_final, dS0) as (pointer, batch
+// stride, head stride).
+#define KZ_BLOCKS(T, x) T *x, long x##_sb, long x##_sh
+#define KZ_BLOCK(T, x) Blocks<T>{x, x##_sb, x##_sh}
+#define KZ_PAIRS(body)                                                                                         \
+    _Pragma("omp parallel for schedule(dynamic, 1)") for (long i = 0; i < B * H; ++i) {                      \
+        const long b = i / H, h = i % H;                                                                       \
+        body;                                                                                                  \
+    }
+
 #define KZ_EXPORT(T, suffix)                                                                                   \
-    extern "C" void chunk_forward_##suffix(void* gemm, const T* q, long ldq, const T* k, long ldk, const T* v, \
-                                           long ldv, const T* S0, T* o, long ldo, T* S_final, T* states,       \
-                                           T* scores, T* norm, long L, int F, int Dv, int C, int normalize,    \
-                                           double eps) {                                                       \
-        forward<T>(reinterpret_cast<Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, S0, o, ldo, S_final, states,       \
-                   scores, norm, L, F, Dv, C, normalize, static_cast<T>(eps));                                 \
+    extern "C" void chunk_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),             \
+                                           KZ_HEADS(const T, v), KZ_BLOCKS(const T, S0), KZ_HEADS(T, o),       \
+                                           KZ_BLOCKS(T, Sf), KZ_BLOCKS(T, st), KZ_BLOCKS(T, sc),               \
+                                           KZ_BLOCKS(T, nm), long B, long H, long L, int F, int Dv, int C,     \
+                                           int normalize, double eps) {                                        \
+        const auto mm = reinterpret_cast<Gemm<T>>(gemm);                                                       \
+        const auto Q = KZ_AT(const T, q), K = KZ_AT(const T, k), V = KZ_AT(const T, v);                       \
+        const auto O = KZ_AT(T, o);                                                                            \
+        const auto s0 = KZ_BLOCK(const T, S0);                                                                 \
+        const auto sf = KZ_BLOCK(T, Sf), sts = KZ_BLOCK(T, st), scs = KZ_BLOCK(T, sc), nms = KZ_BLOCK(T, nm);  \
+        KZ_PAIRS(forward<T>(mm, Q.at(b, h), Q.ld, K.at(b, h), K.ld, V.at(b, h), V.ld, s0.at(b, h), O.at(b, h), \
+                            O.ld, sf.at(b, h), sts.at(b, h), scs.at(b, h), nms.at(b, h), L, F, Dv, C,          \
+                            normalize, static_cast<T>(eps)))                                                   \
     }                                                                                                          \
     extern "C" void chunk_backward_##suffix(                                                                   \
-        void* gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* d_o, long lddo, \
-        const T* o, long ldo, const T* states, const T* scores, const T* norm, const T* dS_final, T* dq,       \
-        long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int C, int normalize) {  \
-        backward<T>(reinterpret_cast<Gemm<T>>(gemm), q, ldq, k, ldk, v, ldv, d_o, lddo, o, ldo, states,        \
-                    scores, norm, dS_final, dq, lddq, dk, lddk, dv, lddv, dS0, L, F, Dv, C, normalize);        \
+        void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), KZ_HEADS(const T, d_o), \
+        KZ_HEADS(const T, o), KZ_BLOCKS(const T, st), KZ_BLOCKS(const T, sc), KZ_BLOCKS(const T, nm),          \
+        KZ_BLOCKS(const T, dSf), KZ_HEADS(T, dq), KZ_HEADS(T, dk), KZ_HEADS(T, dv), KZ_BLOCKS(T, dS0), long B, \
+        long H, long L, int F, int Dv, int C, int normalize) {                                                 \
+        const auto mm = reinterpret_cast<Gemm<T>>(gemm);                                                       \
+        const auto Q = KZ_AT(const T, q), K = KZ_AT(const T, k), V = KZ_AT(const T, v);                       \
+        const auto DO = KZ_AT(const T, d_o), O = KZ_AT(const T, o);                                            \
+        const auto sts = KZ_BLOCK(const T, st), scs = KZ_BLOCK(const T, sc), nms = KZ_BLOCK(const T, nm);      \
+        const auto dsf = KZ_BLOCK(const T, dSf);                                                               \
+        const auto DQ = KZ_AT(T, dq), DK = KZ_AT(T, dk), DV = KZ_AT(T, dv);                                    \
+        const auto ds0 = KZ_BLOCK(T, dS0);                                                                     \
+        KZ_PAIRS(backward<T>(mm, Q.at(b, h), Q.ld, K.at(b, h), K.ld, V.at(b, h), V.ld, DO.at(b, h), DO.ld,     \
+                             O.at(b, h), O.ld, sts.at(b, h), scs.at(b, h), nms.at(b, h), dsf.at(b, h),         \
+                             DQ.at(b, h), DQ.ld, DK.at(b, h), DK.ld, DV.at(b, h), DV.ld, ds0.at(b, h), L, F,   \
+                             Dv, C, normalize))                                                                \
     }
 
 KZ_EXPORT(float, f32)

@@ -250,21 +250,15 @@ class _CausalChunk(torch.autograd.Function):
 
 
 def _compiled_forward(q, k, v, S0, C: int, eps: float | None, o, S_final, states, scores, norm) -> None:
-    """``_causal_forward`` by the compiled kernel, one (batch, head) sequence per call, into the given outputs."""
+    """``_causal_forward`` by the compiled kernel into the given outputs: one call, which spreads the (batch, head)
+    sequences over torch's OpenMP threads."""
     B, T, H, Fd = q.shape
     Dv = v.shape[-1]
     fn, gemm = _cpu.kernel("chunk_forward", v.dtype)
-    q_, k_, v_, o_ = (_cpu.row_pointers(x) for x in (_cpu.unit_rows(q), _cpu.unit_rows(k), _cpu.unit_rows(v), o))
-    S0_, Sf_, states_, scores_, norm_ = (_cpu.block_pointers(x) for x in (S0, S_final, states, scores, norm))
-    normalize, eps = int(eps is not None), 0.0 if eps is None else eps
-
-    def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), S0_(b, h), *o_(b, h), Sf_(b, h),
-               states_(h, b), scores_(h, b), norm_(h, b), T, Fd, Dv, C, normalize, eps)  # fmt: skip
-
-    _cpu.run_parallel(pairs, B * H)
+    q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
+    saved = (*_cpu.blocks(states, True), *_cpu.blocks(scores, True), *_cpu.blocks(norm, True))
+    fn(gemm, *_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), *_cpu.blocks(S0), *_cpu.heads(o), *_cpu.blocks(S_final),
+       *saved, B, H, T, Fd, Dv, C, int(eps is not None), 0.0 if eps is None else eps)  # fmt: skip
 
 
 def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, eps: float | None, dS0):
@@ -275,17 +269,9 @@ def _compiled_backward(q, k, v, do, o, states, scores, norm, dS_final, C: int, e
     fn, gemm = _cpu.kernel("chunk_backward", v.dtype)
     dS_final = None if dS_final is None else dS_final.contiguous()
     dq, dk, dv = q.new_empty(B, T, H, Fd), k.new_empty(B, T, H, Fd), v.new_empty(B, T, H, Dv)
-    q_, k_, v_, do_, o_ = (_cpu.row_pointers(_cpu.unit_rows(x)) for x in (q, k, v, do, o))
-    dq_, dk_, dv_ = (_cpu.row_pointers(x) for x in (dq, dk, dv))
-    states_, scores_, norm_, dSf_, dS0_ = (_cpu.block_pointers(x) for x in (states, scores, norm, dS_final, dS0))
-    normalize = int(eps is not None)
-
-    def pairs(items: range) -> None:
-        for i in items:
-            b, h = divmod(i, H)
-            fn(gemm, *q_(b, h), *k_(b, h), *v_(b, h), *do_(b, h), *o_(b, h),
-               states_(h, b), scores_(h, b), norm_(h, b), dSf_(b, h),
-               *dq_(b, h), *dk_(b, h), *dv_(b, h), dS0_(b, h), T, Fd, Dv, C, normalize)  # fmt: skip
-
-    _cpu.run_parallel(pairs, B * H)
+    q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
+    inputs = (*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), *_cpu.heads(do), *_cpu.heads(o))
+    saved = (*_cpu.blocks(states, True), *_cpu.blocks(scores, True), *_cpu.blocks(norm, True))
+    grads = (*_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), *_cpu.blocks(dS0))
+    fn(gemm, *inputs, *saved, *_cpu.blocks(dS_final), *grads, B, H, T, Fd, Dv, C, int(eps is not None))
     return dq, dk, dv, dS0
