@@ -220,8 +220,8 @@ _POOL: ThreadPoolExecutor | None = None  # the worker threads, kept between call
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The process's worker threads, at least ``workers`` of them. Kept because starting a thread took about 2.5 ms
-    on this VM: a fresh pool per call cost two of them per op, a quarter of a small feature map's time."""
+    """The process's worker threads, at least ``workers`` of them, kept between calls: a fresh 2-thread pool per call
+    took 210 us on this VM against 39 us for a task on a kept pool (docs/bench/threads/thread_start.txt)."""
     global _POOL
     if _POOL is None or _POOL._max_workers < workers:
         old, _POOL = _POOL, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelized")
