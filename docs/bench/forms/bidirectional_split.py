@@ -9,11 +9,11 @@ this run's own 2-thread matmul rate.
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/bench: the A/B helper
+from revisions import medians_at  # noqa: E402
 
 SHAPES = ((8, 1024), (2, 4096))  # (B, T); 4 heads, Dv 32
 FEATURES = (32, 65, 128, 257, 513)
@@ -47,30 +47,12 @@ def child() -> None:
     print(json.dumps(out))
 
 
-def run(folder: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.join(folder, "src"))
-    proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     if "--child" in sys.argv:
         return child()
     before, after = sys.argv[1:3]
     rounds = 3
-    results: dict[str, list[dict]] = {before: [], after: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = {rev: os.path.join(tmp, rev) for rev in (before, after)}
-        for rev, folder in folders.items():
-            subprocess.run(["git", "worktree", "add", "--detach", folder, rev], check=True, capture_output=True)
-        try:
-            for _ in range(rounds):
-                for rev in (before, after):
-                    results[rev].append(run(folders[rev]))
-        finally:
-            for folder in folders.values():
-                subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
-    med = {rev: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for rev, runs in results.items()}
+    med = medians_at(__file__, [before, after], rounds)
     rate = med[after]["rate"]
     print(f"Bidirectional op, forward + backward, fp32, {H} heads, Dv {DV}, 2 threads, freed memory kept; "
           f"median of {rounds} rounds x 7 calls; matmul rate {rate / 1e9:.0f} GFLOP/s\n")  # fmt: skip

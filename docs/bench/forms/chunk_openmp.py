@@ -8,11 +8,11 @@ process (``git worktree``), rounds alternating, freed memory kept as the Trainer
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/bench: the A/B helper
+from revisions import medians_at  # noqa: E402
 
 CASES = ((1, 2048, 8), (1, 8192, 8), (1, 32768, 8), (64, 256, 8))  # (B, T, H); 136 features, Dv 64
 F, DV = 136, 64
@@ -49,22 +49,7 @@ def main() -> None:
         return child()
     before, after = sys.argv[1:3]
     rounds = 3
-    results: dict[str, list[dict]] = {before: [], after: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = {rev: os.path.join(tmp, rev) for rev in (before, after)}
-        for rev, folder in folders.items():
-            subprocess.run(["git", "worktree", "add", "--detach", folder, rev], check=True, capture_output=True)
-        try:
-            for _ in range(rounds):
-                for rev, folder in folders.items():
-                    env = dict(os.environ, PYTHONPATH=os.path.join(folder, "src"))
-                    proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True,
-                                          text=True, check=True)  # fmt: skip
-                    results[rev].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        finally:
-            for folder in folders.values():
-                subprocess.run(["git", "worktree", "remove", "--force", folder], check=False, capture_output=True)
-    med = {rev: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for rev, runs in results.items()}
+    med = medians_at(__file__, [before, after], rounds)
     print(f"Causal chunk op, forward + backward, fp32, {F} features, Dv {DV}, 2 threads, freed memory kept; "
           f"median of {rounds} rounds x 5 calls\n")  # fmt: skip
     print(f"| B, T, H | {before} ms | {after} ms | {after} / {before} |\n|---|---|---|---|")
