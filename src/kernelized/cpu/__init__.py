@@ -13,7 +13,7 @@ BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library 
 to the kernels as function pointers. OpenMP is torch's own too: the library is built with ``-fopenmp`` and its
 ``libgomp.so.1`` is the one torch has loaded, so every op's kernel spreads its (batch, head) sequences or row
 ranges over torch's thread team in one call. Where Python worker threads ran them instead (:func:`run_parallel`,
-still used by the monomial features and the chunk op's PyTorch path), torch's idle OpenMP threads spun on the cores
+still used by the chunk op's PyTorch path), torch's idle OpenMP threads spun on the cores
 those threads needed: the bidirectional op took 1.1-1.9x as long at the LRA shapes
 (docs/bench/forms/bidirectional_openmp.txt). ctypes releases the GIL during a call.
 

@@ -9,6 +9,7 @@ namespace {
 // feature rows, e.g. Based's [1, x, phi_2(x)], is written in place).
 template <typename T>
 void forward(const T* x, long n, int d, const T* coef, T* out, long ldo) {
+#pragma omp parallel for schedule(static)  // rows on the calling thread's OpenMP team (torch's)
     for (long r = 0; r < n; ++r) {
         const T* xr = x + r * d;
         T* o = out + r * ldo;
@@ -24,6 +25,7 @@ void forward(const T* x, long n, int d, const T* coef, T* out, long ldo) {
 // to dx_i and c_ij g_ij x_i to dx_j.
 template <typename T>
 void backward(const T* x, const T* g, long ldg, long n, int d, const T* coef, T* dx) {
+#pragma omp parallel for schedule(static)
     for (long r = 0; r < n; ++r) {
         const T *xr = x + r * d, *gr = g + r * ldg, *c = coef;
         T* dr = dx + r * d;

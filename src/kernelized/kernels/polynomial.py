@@ -68,8 +68,8 @@ def _sliced_monomial_features(x: torch.Tensor, degree: int, scale: float = 1.0) 
 class _CompiledQuadratic(torch.autograd.Function):
     """``scale * phi_2(x)`` (``linear`` None) or Based's ``[1, linear * x, scale * phi_2(x)]`` by the compiled CPU
     kernel (``kernelized/cpu/features.cpp``), which writes the monomials straight into their slice of the output:
-    the same values in the same order as the torch-op reference, one pass over the rows, in row ranges on the worker
-    threads (:func:`_rows_in_parallel`). A backward that must itself be differentiable (``create_graph=True``) goes
+    the same values in the same order as the torch-op reference, one pass over the rows, shared out over torch's
+    OpenMP threads by the kernel. A backward that must itself be differentiable (``create_graph=True``) goes
     through the reference."""
 
     @staticmethod
@@ -84,11 +84,7 @@ class _CompiledQuadratic(torch.autograd.Function):
             torch.mul(x, linear, out=out[..., 1:start])
         fn = _cpu.library().monomials2_forward[_cpu.DTYPES[x.dtype]]
         size, ldo = x.element_size(), out.shape[-1]
-
-        def rows(r0: int, n: int) -> None:
-            fn(xc.data_ptr() + r0 * d * size, n, d, coef.data_ptr(), out.data_ptr() + (r0 * ldo + start) * size, ldo)
-
-        _rows_in_parallel(rows, xc.numel() // d)
+        fn(xc.data_ptr(), xc.numel() // d, d, coef.data_ptr(), out.data_ptr() + start * size, ldo)
         ctx.save_for_backward(x)
         ctx.scale, ctx.linear = scale, linear
         return out
@@ -106,30 +102,11 @@ class _CompiledQuadratic(torch.autograd.Function):
         start = 0 if linear is None else 1 + d
         dx = torch.empty_like(xc)
         fn = _cpu.library().monomials2_backward[_cpu.DTYPES[x.dtype]]
-        size, ldg = x.element_size(), g.shape[-1]
-
-        def rows(r0: int, n: int) -> None:
-            fn(xc.data_ptr() + r0 * d * size, g.data_ptr() + (r0 * ldg + start) * size, ldg, n, d, coef.data_ptr(),
-               dx.data_ptr() + r0 * d * size)  # fmt: skip
-
-        _rows_in_parallel(rows, xc.numel() // d)
+        fn(xc.data_ptr(), g.data_ptr() + start * g.element_size(), g.shape[-1], xc.numel() // d, d, coef.data_ptr(),
+           dx.data_ptr())  # fmt: skip
         if linear is not None:
             dx.add_(g[..., 1:start], alpha=linear)
         return dx, None, None
-
-
-def _rows_in_parallel(fn, n_rows: int, min_rows: int = 1024) -> None:
-    """``fn(first row, row count)`` over ``n_rows`` rows in a few ranges per worker thread (``cpu.run_parallel``);
-    one call where there are few rows. The pass is memory-bound: two threads wrote rebased's features at the LRA
-    shape in less time than one, now that the worker threads persist between calls."""
-    chunks = max(1, min(n_rows // min_rows, 4 * torch.get_num_threads()))
-    size = -(-n_rows // chunks)
-
-    def run(items: range) -> None:
-        for i in items:
-            fn(i * size, min(size, n_rows - i * size))
-
-    _cpu.run_parallel(run, -(-n_rows // size))
 
 
 def taylor_reference(x: torch.Tensor, linear: float, quadratic: float) -> torch.Tensor:
