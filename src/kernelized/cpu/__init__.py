@@ -43,8 +43,9 @@ import torch
 
 SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp", "random_features.cpp")
 HEADERS = ("gemm.h", "vmath.h")  # included by the sources: part of the cache key
-# -fopenmp: the parallel loops (random_features.cpp) run on torch's own OpenMP team, since the library's libgomp.so.1
-# is the one torch has loaded. A compiler without OpenMP builds the same code with its parallel loops serial.
+# -fopenmp: the kernels' parallel loops (gemm.h's parallel_items, features.cpp's rows) run on torch's own OpenMP
+# team, since the library's libgomp.so.1 is the one torch has loaded. A compiler without OpenMP builds the same code
+# with its parallel loops serial.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 SERIAL_FLAGS = tuple("-fopenmp-simd" if flag == "-fopenmp" else flag for flag in FLAGS)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}

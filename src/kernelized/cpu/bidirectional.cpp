@@ -88,13 +88,12 @@ void forward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k,
                    const T* S0, kz::Heads<T> o, T* S, T* norm, long B, long H, long L, int F, int Dv, int normalize,
                    T eps) {
     const long state = static_cast<long>(F) * (Dv + 1);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long i = 0; i < B * H; ++i) {
+    kz::parallel_items(0, B * H, [&](long i) {
         const long b = i / H, h = i % H;
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                    S0 ? S0 + i * state : nullptr, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr, L,
                    F, Dv, normalize, eps);
-    }
+    });
 }
 
 template <typename T>
@@ -103,14 +102,13 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
                     const T* dS_final, kz::Heads<T> dq, kz::Heads<T> dk, kz::Heads<T> dv, T* dS0, long B, long H,
                     long L, int F, int Dv, int normalize) {
     const long state = static_cast<long>(F) * (Dv + 1);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long i = 0; i < B * H; ++i) {
+    kz::parallel_items(0, B * H, [&](long i) {
         const long b = i / H, h = i % H;
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                     d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
                     dS_final ? dS_final + i * state : nullptr, dq.at(b, h), dq.ld, dk.at(b, h), dk.ld, dv.at(b, h),
                     dv.ld, dS0 ? dS0 + i * state : nullptr, L, F, Dv, normalize);
-    }
+    });
 }
 
 }  // namespace

@@ -149,10 +149,10 @@ struct Blocks {
 #define KZ_BLOCKS(T, x) T *x, long x##_sb, long x##_sh
 #define KZ_BLOCK(T, x) Blocks<T>{x, x##_sb, x##_sh}
 #define KZ_PAIRS(body)                                                                                         \
-    _Pragma("omp parallel for schedule(dynamic, 1)") for (long i = 0; i < B * H; ++i) {                      \
+    kz::parallel_items(0, B * H, [&](long i) {                                                                 \
         const long b = i / H, h = i % H;                                                                       \
         body;                                                                                                  \
-    }
+    });
 
 #define KZ_EXPORT(T, suffix)                                                                                   \
     extern "C" void chunk_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),             \

@@ -1,5 +1,5 @@
-// What the kernels share: the row-major gemm on torch's BLAS pointer, strided [B, L, H, X] tensors, two copies, the
-// output's gradient. Header-only, included by every source of the library (kernelized/cpu/__init__.py hashes it
+// What the kernels share: the row-major gemm on torch's BLAS pointer, strided [B, L, H, X] tensors, the parallel
+// loop over work items, two copies, the output's gradient. Header-only, included by every source of the library (kernelized/cpu/__init__.py hashes it
 // with them).
 
 #pragma once
@@ -37,6 +37,14 @@ struct Heads {
 // Entry points take each strided tensor as (pointer, batch stride, head stride, row stride), in elements.
 #define KZ_HEADS(T, x) T *x, long x##_sb, long x##_sh, long x##_ld
 #define KZ_AT(T, x) kz::Heads<T>{x, x##_sb, x##_sh, x##_ld}
+
+// fn(i) for every i in [i0, i1), one item per thread at a time over the calling thread's OpenMP team (torch's: the
+// library links the libgomp torch has loaded); BLAS inside a parallel region runs single-threaded.
+template <typename Fn>
+void parallel_items(long i0, long i1, Fn fn) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long i = i0; i < i1; ++i) fn(i);
+}
 
 template <typename T>
 void transpose(const T* a, int rows, int cols, T* out) {  // out [cols, rows] = a [rows, cols]^T

@@ -111,25 +111,23 @@ template <typename T>
 void forward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep, Heads<T> o,
                    T* norm, long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale,
                    int normalize, T eps) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long i = i0; i < i1; ++i) {
+    kz::parallel_items(i0, i1, [&](long i) {
         const long b = i / H, h = i % H;
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                    o.at(b, h), o.ld, norm ? norm + i * L : nullptr, L, d, Dv, causal, coef, scale, normalize, eps);
-    }
+    });
 }
 
 template <typename T>
 void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep,
                     Heads<const T> d_o, Heads<const T> o, const T* norm, Heads<T> dq, Heads<T> dk, Heads<T> dv, long H,
                     long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long i = i0; i < i1; ++i) {
+    kz::parallel_items(i0, i1, [&](long i) {
         const long b = i / H, h = i % H;
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                     d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, norm ? norm + i * L : nullptr, dq.at(b, h), dq.ld,
                     dk.at(b, h), dk.ld, dv.at(b, h), dv.ld, L, d, Dv, causal, coef, scale, normalize);
-    }
+    });
 }
 
 }  // namespace

@@ -182,14 +182,6 @@ struct Item {
     }
 };
 
-// fn(item) for every item, dynamically over the calling thread's OpenMP team (one thread per item at a time: the
-// gemms inside run single-threaded, as BLAS does within a parallel region).
-template <typename Fn>
-void over_items(long items, Fn fn) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long i = 0; i < items; ++i) fn(i);
-}
-
 }  // namespace
 
 // Strided tensors: (pointer, head stride, row stride) in elements; W [H, M, d] and a / log a [H, M] contiguous;
@@ -200,7 +192,7 @@ void over_items(long items, Fn fn) {
                                          int M, const T* amp, int smooth, double s, T* out, long oh, long ldo,    \
                                          int H, int chunks) {                                                     \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        over_items(static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
             const Item it(i, chunks, N);                                                                          \
             rks_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
                            amp + it.h * M, smooth, static_cast<T>(s), out + it.h * oh + it.n0 * ldo, ldo);        \
@@ -210,7 +202,7 @@ void over_items(long items, Fn fn) {
                                           int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,  \
                                           T* dx, long dxh, long lddx, T* dW, T* sums, int H, int chunks) {        \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        over_items(static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
             const Item it(i, chunks, N);                                                                          \
             rks_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
                             out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \
@@ -221,7 +213,7 @@ void over_items(long items, Fn fn) {
                                          int M, const T* log_amp, double c, int hyperbolic, int shift_mode,       \
                                          const double* shift, T* out, long oh, long ldo, int H, int chunks) {     \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        over_items(static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
             const Item it(i, chunks, N);                                                                          \
             prf_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
                            log_amp + it.h * M, static_cast<T>(c), hyperbolic, shift_mode,                         \
@@ -233,7 +225,7 @@ void over_items(long items, Fn fn) {
                                           double c, int hyperbolic, T* dx, long dxh, long lddx, T* dW, T* sums,   \
                                           int H, int chunks) {                                                    \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        over_items(static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
             const Item it(i, chunks, N);                                                                          \
             prf_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
                             out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \
