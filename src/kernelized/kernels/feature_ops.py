@@ -192,20 +192,33 @@ def _backward(name: str, x, w, out, g, args: tuple):
     return dx.view(x.shape), dw.view(H, chunks, M, d).sum(1), sums.view(H, chunks, M).sum(1)
 
 
-def reference_rks(x, w, amp, smoothing):
-    """The torch-op statement of :func:`rks` (double backward differentiates it)."""
-    u = head_matmul(x, w)
+def rks_statement(u: torch.Tensor, amp: torch.Tensor, smoothing: float | None) -> torch.Tensor:
+    """``[a cos u, a sin u] (+ [s])`` in plain torch ops: ``u [..., H, M]``, ``amp [H, M]`` -> ``[..., H, 2M(+1)]``
+    (the statement :func:`trig_features` and the compiled kernel are tested against)."""
     parts = [amp * torch.cos(u), amp * torch.sin(u)]
     if smoothing is not None:
         parts.append(u.new_full((*u.shape[:-1], 1), float(smoothing)))
     return torch.cat(parts, dim=-1)
 
 
+def prf_log_features(
+    u: torch.Tensor, sq_norm: torch.Tensor, log_amp: torch.Tensor, offset: float, hyperbolic: bool
+) -> torch.Tensor:
+    """Log-features ``[u, -u if hyperbolic] - c|x|^2 + log a`` in plain torch ops: ``u [..., H, M]``, ``sq_norm
+    [..., H, 1]``, ``log_amp [H, M]`` (shared by the pair) -> ``[..., H, M or 2M]``."""
+    if hyperbolic:
+        u, log_amp = torch.cat([u, -u], dim=-1), log_amp.repeat(1, 2)
+    return u - offset * sq_norm + log_amp
+
+
+def reference_rks(x, w, amp, smoothing):
+    """The torch-op statement of :func:`rks` (double backward differentiates it)."""
+    return rks_statement(head_matmul(x, w), amp, smoothing)
+
+
 def reference_prf(x, w, log_amp, offset, hyperbolic, key_shift, query_max):
     """The torch-op statement of :func:`prf`; ``key_shift`` a list of per-head floats or None."""
-    u = head_matmul(x, w)
-    a = torch.cat([u, -u], dim=-1) if hyperbolic else u
-    a = a - offset * (x * x).sum(-1, keepdim=True) + (log_amp.repeat(1, 2) if hyperbolic else log_amp)
+    a = prf_log_features(head_matmul(x, w), (x * x).sum(-1, keepdim=True), log_amp, offset, hyperbolic)
     if query_max:
         a = a - a.amax(-1, keepdim=True).detach()
     elif key_shift is not None:

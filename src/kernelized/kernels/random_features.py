@@ -120,26 +120,6 @@ def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(x.shape)
 
 
-def rks_features(u: torch.Tensor, weight: torch.Tensor, smoothing: float | None) -> torch.Tensor:
-    """``[sqrt(w) cos u, sqrt(w) sin u] (+ [s])``: ``u [..., H, M]``, ``weight [H, M]`` -> ``[..., H, 2M(+1)]``."""
-    amp = weight.to(u.dtype).sqrt()
-    parts = [amp * torch.cos(u), amp * torch.sin(u)]
-    if smoothing is not None:
-        parts.append(u.new_full((*u.shape[:-1], 1), float(smoothing)))
-    return torch.cat(parts, dim=-1)
-
-
-def prf_exponents(
-    u: torch.Tensor, sq_norm: torch.Tensor, weight: torch.Tensor, offset: float, hyperbolic: bool
-) -> torch.Tensor:
-    """Log-features ``w.x - c|x|^2 + log(a)``: ``u [..., H, M]``, ``sq_norm [..., H, 1]`` -> ``[..., H, M or 2M]``."""
-    log_amp = 0.5 * torch.log(weight.to(u.dtype))
-    if hyperbolic:  # the pair [exp(+u), exp(-u)] shares each weight
-        u = torch.cat([u, -u], dim=-1)
-        log_amp = torch.cat([log_amp, log_amp], dim=-1) - 0.5 * math.log(2.0)
-    return u - offset * sq_norm + log_amp
-
-
 def _check_redraw(redraw) -> str | int:
     if redraw in ("step", "fixed"):
         return redraw
