@@ -103,6 +103,55 @@ def test_bidirectional_compiled_path_matches_pytorch_path(dtype, normalize, padd
         torch.set_num_threads(before)
 
 
+def _avx512() -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " avx512f" in line for line in f)
+
+
+@needs_kernels
+def test_bidirectional_tiles_are_built_where_the_cpu_has_avx512():
+    """The float32 register tiles (tiles.h) exist exactly where -march=native targets AVX-512."""
+    assert cpu.library().tiles == _avx512()
+
+
+@needs_kernels
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize(("T", "F", "Dv"), [(1, 3, 1), (9, 15, 16), (70, 17, 17), (130, 33, 32), (64, 64, 33),
+                                            (75, 100, 48), (20, 513, 5)])  # fmt: skip
+def test_bidirectional_float32_products_at_odd_shapes(T, F, Dv, tiles, monkeypatch, nan_poison):
+    """float32 (tiles.h's register tiles, or BLAS) against float64 at shapes that end every tile early: features not
+    a multiple of 16 or 32, Dv + 1 over 32 and split into column groups, rows not a multiple of 8 or 64, with
+    padding, an initial state and normalisation; every element of every output written (NaN-poisoned buffers)."""
+    from kernelized.ops.linear import bidirectional
+
+    monkeypatch.setattr(bidirectional, "TILES", tiles)
+    leaves = _case(B=2, T=T, H=2, F=F, Dv=Dv)
+    mask = torch.zeros(2, T, dtype=torch.bool)
+    mask[1, T // 2 :] = T > 1
+    ref = _results([x.detach().double().requires_grad_() for x in leaves], True, monkeypatch, "compiled",
+                   causal=False, key_padding_mask=mask)  # fmt: skip
+    got = _results(leaves, True, monkeypatch, "compiled", causal=False, key_padding_mask=mask)
+    for name, r, g in zip(NAMES, ref, got):
+        assert_close(name, r, g, ratio=1e-4)
+
+
+@needs_kernels
+@pytest.mark.skipif(not _avx512(), reason="no AVX-512: float32 takes BLAS either way")
+def test_bidirectional_tiles_switch_changes_the_path(monkeypatch):
+    """TILES selects the path: the two sum in different orders, so their float32 results differ in the last bits
+    while both stay within round-off of each other."""
+    from kernelized.ops.linear import bidirectional
+
+    q, k = torch.rand(2, 200, 2, 100), torch.rand(2, 200, 2, 100)
+    v = torch.randn(2, 200, 2, 24)
+    outs = {}
+    for tiles in (True, False):
+        monkeypatch.setattr(bidirectional, "TILES", tiles)
+        outs[tiles] = ops.linear_attention(q, k, v, causal=False, mode="chunk")[0]
+    assert not torch.equal(outs[True], outs[False])
+    assert_close("o", outs[False].double(), outs[True].double(), ratio=1e-5)
+
+
 @needs_kernels
 def test_bidirectional_compiled_path_is_taken_and_matches_the_parallel_form(monkeypatch):
     """Strided features (the feature axis not unit-stride), padding and a gradient of ``o.sum()``: the kernel

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 import torch
 
 SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp", "random_features.cpp")
-HEADERS = ("gemm.h", "vmath.h")  # included by the sources: part of the cache key
+HEADERS = ("gemm.h", "vmath.h", "tiles.h")  # included by the sources: part of the cache key
 # -fopenmp: the kernels' parallel loops (gemm.h's parallel_items, features.cpp's rows) run on torch's own OpenMP
 # team, since the library's libgomp.so.1 is the one torch has loaded. A compiler without OpenMP builds the same code
 # with its parallel loops serial.
@@ -133,9 +133,9 @@ _SIGNATURES = {  # see the .cpp sources; the ops' calls are batched over (batch,
     # tensors as _HEADS (pointer, batch, head and row strides), per-sequence blocks as _BLOCKS
     "chunk_forward": [_P, *_HEADS * 3, *_BLOCKS, *_HEADS, *_BLOCKS * 4, _L, _L, _L, _I, _I, _I, _I, _D],
     "chunk_backward": [_P, *_HEADS * 5, *_BLOCKS * 4, *_HEADS * 3, *_BLOCKS, _L, _L, _L, _I, _I, _I, _I],
-    "bidirectional_forward": [_P, *_HEADS * 3, _P, _P, *_HEADS, _P, _P, _L, _L, _L, _I, _I, _I, _D],
+    "bidirectional_forward": [_P, *_HEADS * 3, _P, _P, *_HEADS, _P, _P, _L, _L, _L, _I, _I, _I, _D, _I],
     "bidirectional_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, _P, _P, *_HEADS * 3, _P, _L, _L, _L, _I, _I,
-                               _I],
+                               _I, _I],
     "polynomial_forward": [_P, *_HEADS * 3, _P, *_HEADS, _P, _L, _L, _L, _L, _I, _I, _I, _P, _D, _I, _D],
     "polynomial_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, *_HEADS * 3, _L, _L, _L, _L, _I, _I, _I, _P, _D,
                             _I],
@@ -152,7 +152,8 @@ _SIGNATURES = {  # see the .cpp sources; the ops' calls are batched over (batch,
 @functools.lru_cache(maxsize=1)
 def library() -> SimpleNamespace | None:
     """The loaded kernels (``.chunk_forward[dtype]``, ``.monomials2_forward[dtype]``, ... and ``.gemm[dtype]``,
-    dtype "f32" or "f64"), or None where they cannot be had."""
+    dtype "f32" or "f64"; ``.tiles``, whether the build has tiles.h's float32 AVX-512 tiles), or None where they
+    cannot be had."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     try:
         if compiler is None:
@@ -162,7 +163,8 @@ def library() -> SimpleNamespace | None:
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
         warnings.warn(f"kernelized: compiled CPU kernels unavailable, using the PyTorch path ({err})", stacklevel=2)
         return None
-    ns = SimpleNamespace(gemm=gemm)
+    lib.bidirectional_tiles.restype = ctypes.c_int
+    ns = SimpleNamespace(gemm=gemm, tiles=bool(lib.bidirectional_tiles()))  # tiles: float32 AVX-512 tiles built
     for name, argtypes in _SIGNATURES.items():
         fns = {}
         for suffix in DTYPES.values():

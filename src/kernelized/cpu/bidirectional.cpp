@@ -5,9 +5,14 @@
 // caller's strided rows, so q and k ([B, T, H, F], often hundreds of features) are read in place, never
 // permuted or copied. Key padding is fused: the padded keys' rows of [v, 1] are zero (what zeroing their
 // features does), so the features need no masked copy either. Useful work 4 T F (Dv+1) forward, twice that
-// backward; everything else is O(T (F + Dv)).
+// backward; everything else is O(T (F + Dv)). In float32 on an AVX-512 build the products are tiles.h's register
+// tiles instead of BLAS calls (tiles 1; tiles 0 keeps BLAS, as float64 and other CPUs do): MKL ran these skinny
+// shapes well below its square-matrix rate.
+
+#include <type_traits>
 
 #include "gemm.h"
+#include "tiles.h"
 
 namespace {
 
@@ -25,12 +30,84 @@ void values_with_ones(const T* v, long ldv, const T* keep, long L, int Dv, T* V1
     }
 }
 
+// dy [L, Dv+1]: the gradient of each row's [numerator, normaliser] from do (lddo) and o (ldo).
+template <typename T>
+void output_gradients(const T* d_o, long lddo, const T* o, long ldo, const T* norm, long L, int Dv, int normalize,
+                      T* dy) {
+    for (long t = 0; t < L; ++t) {
+        T* y = dy + t * (Dv + 1);
+        y[Dv] = kz::output_gradient(d_o + t * lddo, o + t * ldo, normalize ? norm[t] : T(1), Dv, normalize, y);
+    }
+}
+
+// dv rows (lddv) of padded keys times their keep (0): no gradient reaches them.
+template <typename T>
+void drop_padded(const T* keep, long L, int Dv, T* dv, long lddv) {
+    if (keep)
+        for (long t = 0; t < L; ++t)
+            if (keep[t] != T(1))
+                for (int d = 0; d < Dv; ++d) dv[t * lddv + d] *= keep[t];
+}
+
+#if KZ_HAVE_TILES
+// forward's products as register tiles, the state transposed while it sums (S^T [Dv+1, F], vectors along F); the
+// normaliser z = S^T's last row meets q as a dot product inside project.
+void forward_tiled(const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, const float* keep,
+                   const float* S0, float* o, long ldo, float* S, float* norm, long L, int F, int Dv, int normalize,
+                   float eps) {
+    namespace tl = kz::tiles;
+    const int D1 = Dv + 1;
+    std::vector<float> V1(static_cast<size_t>(L) * D1), ST(static_cast<size_t>(F) * D1, 0.f), den(L);
+    values_with_ones(v, ldv, keep, L, Dv, V1.data());
+    if (S0) kz::transpose(S0, F, D1, ST.data());
+    tl::accumulate(k, ldk, V1.data(), D1, L, F, D1, ST.data(), F);  // S^T += [v, 1]^T k
+    kz::transpose(ST.data(), D1, F, S);
+    tl::project(q, ldq, L, F, S, D1, Dv, normalize ? ST.data() + static_cast<long>(Dv) * F : nullptr, o, ldo,
+                den.data());  // o = q S[:, :Dv], den = q z
+    if (normalize)
+        for (long t = 0; t < L; ++t) {
+            const float d = den[t] + eps, inv = 1.f / d;
+            for (int j = 0; j < Dv; ++j) o[t * ldo + j] *= inv;
+            if (norm) norm[t] = d;
+        }
+}
+
+// backward with its two skinny products as register tiles (G summed transposed, then dv = k G) and the two into
+// [L, F] (dq, dk) as MKL gemms: the same gradients as backward (below).
+void backward_tiled(kz::Gemm<float> gemm, const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, const float* keep,
+                    const float* d_o, long lddo, const float* o, long ldo, const float* S, const float* norm,
+                    const float* dS_final, float* dq, long lddq, float* dk, long lddk, float* dv, long lddv,
+                    float* dS0, long L, int F, int Dv, int normalize) {
+    namespace tl = kz::tiles;
+    const RowMajor<float> mm{gemm};
+    const int D1 = Dv + 1, n = static_cast<int>(L);
+    const size_t state = static_cast<size_t>(F) * D1;
+    std::vector<float> dy(static_cast<size_t>(L) * D1), GT(state, 0.f), G(state);
+    output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());
+    mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);  // dq = dy S^T
+    if (dS_final) kz::transpose(dS_final, F, D1, GT.data());
+    tl::accumulate(q, ldq, dy.data(), D1, L, F, D1, GT.data(), F);  // G^T += dy^T q
+    kz::transpose(GT.data(), D1, F, G.data());
+    std::vector<float>& V1 = dy;  // dy is spent: its buffer takes [keep v, keep]
+    values_with_ones(v, ldv, keep, L, Dv, V1.data());
+    mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, dk, lddk);   // dk = [v, 1] G^T
+    tl::project(k, ldk, L, F, G.data(), D1, Dv, nullptr, dv, lddv, nullptr);  // dv = k G[:, :Dv]
+    drop_padded(keep, L, Dv, dv, lddv);
+    if (dS0) std::memcpy(dS0, G.data(), sizeof(float) * state);
+}
+#endif
+
 // q, k rows of F features (leading dims ldq, ldk), v rows of Dv (ldv), keep [L] (1 = key, 0 = padding) or null,
 // S0 [F, Dv+1] or null. Writes S [F, Dv+1] (S0 + k^T [v, 1], kept for backward), o rows (ldo): numerator /
-// (normaliser + eps) if normalize, else the numerator; and, if norm is not null, the normaliser + eps [L].
+// (normaliser + eps) if normalize, else the numerator; and, if norm is not null, the normaliser + eps [L]. tiles:
+// float32's products as register tiles where the build has them (forward_tiled).
 template <typename T>
 void forward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,
-             const T* S0, T* o, long ldo, T* S, T* norm, long L, int F, int Dv, int normalize, T eps) {
+             const T* S0, T* o, long ldo, T* S, T* norm, long L, int F, int Dv, int normalize, T eps, int tiles) {
+#if KZ_HAVE_TILES
+    if constexpr (std::is_same_v<T, float>)
+        if (tiles) return forward_tiled(q, ldq, k, ldk, v, ldv, keep, S0, o, ldo, S, norm, L, F, Dv, normalize, eps);
+#endif
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1;
     std::vector<T> V1(static_cast<size_t>(L) * D1), Y(static_cast<size_t>(L) * D1);
@@ -58,14 +135,18 @@ void forward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const
 template <typename T>
 void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv, const T* keep,
               const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm, const T* dS_final, T* dq,
-              long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize) {
+              long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize,
+              int tiles) {
+#if KZ_HAVE_TILES
+    if constexpr (std::is_same_v<T, float>)
+        if (tiles)
+            return backward_tiled(gemm, q, ldq, k, ldk, v, ldv, keep, d_o, lddo, o, ldo, S, norm, dS_final, dq, lddq,
+                                  dk, lddk, dv, lddv, dS0, L, F, Dv, normalize);
+#endif
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1, n = static_cast<int>(L);
     std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0));
-    for (long t = 0; t < L; ++t) {  // the gradient of [numerator, normaliser]
-        T* y = dy.data() + t * D1;
-        y[Dv] = kz::output_gradient(d_o + t * lddo, o + t * ldo, normalize ? norm[t] : T(1), Dv, normalize, y);
-    }
+    output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());  // the gradient of [numerator, normaliser]
     if (dS_final) std::memcpy(G.data(), dS_final, sizeof(T) * F * D1);
     mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);                      // dq = dy S^T
     mm(true, false, F, D1, n, 1, q, ldq, dy.data(), D1, dS_final ? 1 : 0, G.data(), D1);  // G += q^T dy
@@ -73,10 +154,7 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     values_with_ones(v, ldv, keep, L, Dv, V1.data());
     mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, dk, lddk);  // dk = [v, 1] G^T
     mm(false, false, n, Dv, F, 1, k, ldk, G.data(), D1, 0, dv, lddv);        // dv = k G[:, :Dv]
-    if (keep)
-        for (long t = 0; t < L; ++t)
-            if (keep[t] != T(1))
-                for (int d = 0; d < Dv; ++d) dv[t * lddv + d] *= keep[t];
+    drop_padded(keep, L, Dv, dv, lddv);
     if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
 }
 
@@ -86,13 +164,13 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
 template <typename T>
 void forward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k, kz::Heads<const T> v, const T* keep,
                    const T* S0, kz::Heads<T> o, T* S, T* norm, long B, long H, long L, int F, int Dv, int normalize,
-                   T eps) {
+                   T eps, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
     kz::parallel_items(0, B * H, [&](long i) {
         const long b = i / H, h = i % H;
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                    S0 ? S0 + i * state : nullptr, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr, L,
-                   F, Dv, normalize, eps);
+                   F, Dv, normalize, eps, tiles);
     });
 }
 
@@ -100,14 +178,14 @@ template <typename T>
 void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k, kz::Heads<const T> v,
                     const T* keep, kz::Heads<const T> d_o, kz::Heads<const T> o, const T* S, const T* norm,
                     const T* dS_final, kz::Heads<T> dq, kz::Heads<T> dk, kz::Heads<T> dv, T* dS0, long B, long H,
-                    long L, int F, int Dv, int normalize) {
+                    long L, int F, int Dv, int normalize, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
     kz::parallel_items(0, B * H, [&](long i) {
         const long b = i / H, h = i % H;
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                     d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
                     dS_final ? dS_final + i * state : nullptr, dq.at(b, h), dq.ld, dk.at(b, h), dk.ld, dv.at(b, h),
-                    dv.ld, dS0 ? dS0 + i * state : nullptr, L, F, Dv, normalize);
+                    dv.ld, dS0 ? dS0 + i * state : nullptr, L, F, Dv, normalize, tiles);
     });
 }
 
@@ -117,20 +195,22 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
     extern "C" void bidirectional_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),       \
                                                    KZ_HEADS(const T, v), const T* keep, const T* S0,             \
                                                    KZ_HEADS(T, o), T* S, T* norm, long B, long H, long L, int F, \
-                                                   int Dv, int normalize, double eps) {                          \
+                                                   int Dv, int normalize, double eps, int tiles) {              \
         forward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),              \
                          KZ_AT(const T, v), keep, S0, KZ_AT(T, o), S, norm, B, H, L, F, Dv, normalize,           \
-                         static_cast<T>(eps));                                                                   \
+                         static_cast<T>(eps), tiles);                                                            \
     }                                                                                                            \
     extern "C" void bidirectional_backward_##suffix(                                                             \
         void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
         KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* S, const T* norm, const T* dS_final,              \
         KZ_HEADS(T, dq), KZ_HEADS(T, dk), KZ_HEADS(T, dv), T* dS0, long B, long H, long L, int F, int Dv,        \
-        int normalize) {                                                                                         \
+        int normalize, int tiles) {                                                                              \
         backward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),             \
                           KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), S, norm, dS_final,    \
-                          KZ_AT(T, dq), KZ_AT(T, dk), KZ_AT(T, dv), dS0, B, H, L, F, Dv, normalize);             \
+                          KZ_AT(T, dq), KZ_AT(T, dk), KZ_AT(T, dv), dS0, B, H, L, F, Dv, normalize, tiles);      \
     }
 
 KZ_EXPORT(float, f32)
 KZ_EXPORT(double, f64)
+
+extern "C" int bidirectional_tiles() { return KZ_HAVE_TILES; }  // whether float32 can take tiles.h's path
