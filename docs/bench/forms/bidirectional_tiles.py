@@ -1,6 +1,7 @@
 """The bidirectional op's float32 products as tiles.h's register tiles against the BLAS (MKL) gemms they replace:
-forward + backward at the LRA shapes, both in one process, rounds alternating, freed memory kept as the Trainer keeps
-it; median ms, and the FLOP floor ``12 T F (Dv+1)`` per sequence at this run's own 2-thread matmul rate.
+forward alone (inference) and forward + backward at the LRA shapes, both paths in one process, rounds alternating,
+freed memory kept as the Trainer keeps it; median ms, and the FLOP floor ``12 T F (Dv+1)`` per sequence (forward +
+backward) at this run's own 2-thread matmul rate.
 
     .venv/bin/python docs/bench/forms/bidirectional_tiles.py > docs/bench/forms/bidirectional_tiles.txt
 """
@@ -30,7 +31,11 @@ def step_of(B: int, T: int, F: int, gen: torch.Generator):
         o = ops.linear_attention(q, k, v, causal=False, mode="chunk")[0]
         torch.autograd.grad(o, [q, k, v], g)
 
-    return step
+    def forward():
+        with torch.no_grad():
+            ops.linear_attention(q, k, v, causal=False, mode="chunk")
+
+    return step, forward
 
 
 def main() -> None:
@@ -43,22 +48,28 @@ def main() -> None:
         rates.append(measure.matmul_rate("cpu", torch.float32))
         for B, T in SHAPES:
             for F in FEATURES:
-                step = step_of(B, T, F, gen)
+                step, forward = step_of(B, T, F, gen)
                 for tiles in (False, True):
                     bidirectional.TILES = tiles
                     times.setdefault((B, T, F, tiles), []).append(measure.timed(step, "cpu", 2, 5, float("inf"))[0])
+                    times.setdefault((B, T, F, tiles, "fwd"), []).append(
+                        measure.timed(forward, "cpu", 2, 5, float("inf"))[0]
+                    )
     rate = statistics.median(rates)
     print(f"Bidirectional op, forward + backward, fp32, {H} heads, Dv {DV}, 2 threads, freed memory kept; median of "
           f"{ROUNDS} rounds x 5 calls, BLAS and tiles alternating; matmul rate {rate / 1e9:.0f} GFLOP/s (median of "
           f"the rounds', {min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f})\n")  # fmt: skip
-    print("| B, T | F | BLAS ms | tiles ms | tiles / BLAS | FLOP floor ms | BLAS / floor | tiles / floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| B, T | F | forward: BLAS ms | tiles ms | tiles / BLAS | forward + backward: BLAS ms | tiles ms "
+          "| tiles / BLAS | FLOP floor ms | BLAS / floor | tiles / floor |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for B, T in SHAPES:
         for F in FEATURES:
+            fb, ft = (statistics.median(times[(B, T, F, t, "fwd")]) for t in (False, True))
             blas, tiled = (statistics.median(times[(B, T, F, t)]) for t in (False, True))
             floor = 12 * B * H * T * F * (DV + 1) / rate
-            print(f"| {B}, {T} | {F} | {blas * 1e3:.1f} | {tiled * 1e3:.1f} | {tiled / blas:.2f} | {floor * 1e3:.1f} "
-                  f"| {blas / floor:.2f} | {tiled / floor:.2f} |")  # fmt: skip
+            print(f"| {B}, {T} | {F} | {fb * 1e3:.1f} | {ft * 1e3:.1f} | {ft / fb:.2f} | {blas * 1e3:.1f} "
+                  f"| {tiled * 1e3:.1f} | {tiled / blas:.2f} | {floor * 1e3:.1f} | {blas / floor:.2f} "
+                  f"| {tiled / floor:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

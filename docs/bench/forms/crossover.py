@@ -1,9 +1,10 @@
 """Where each exact form of KernelAttention is fastest on this machine: the calibration of ``mode="auto"``.
 
-Times one layer forward + backward (train mode, 2 torch threads, median of 5 after 2 warm-up calls) in both forms
-that training uses (``parallel``: the implicit (q.k)^p form for rebased and taylor, the masked quadratic product of
-features for the others; ``chunk``) at a fixed token count (B * T = 16k) over T, causal at the MQAR shape (d_model
-128, 8 heads of 16) and bidirectional at the LRA shape (d_model 128, 4 heads of 32), and what ``mode="auto"`` picks.
+Times one layer forward + backward (train mode, 2 torch threads, median of 5 after 2 warm-up calls, freed memory
+kept as the Trainer keeps it) in both forms that training uses (``parallel``: the implicit (q.k)^p form for rebased
+and taylor, the masked quadratic product of features for the others; ``chunk``) at a fixed token count (B * T =
+16k) over T, causal at the MQAR shape (d_model 128, 8 heads of 16) and bidirectional at the LRA shape (d_model 128,
+4 heads of 32), and what ``mode="auto"`` picks.
 
     .venv/bin/python docs/bench/forms/crossover.py > docs/bench/forms/crossover.txt
 """
@@ -16,6 +17,7 @@ import torch
 
 from kernelized.experiments.bench import measure
 from kernelized.layers import KernelAttention
+from kernelized.train.memory import keep_freed_memory
 
 TOKENS = 16384
 SHAPES = {"causal (MQAR: 8 heads of 16)": (True, 8, 16), "bidirectional (LRA: 4 heads of 32)": (False, 4, 32)}
@@ -31,6 +33,7 @@ def time_form(layer: KernelAttention, x: torch.Tensor, mode: str) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()
     torch.set_num_threads(2)
     for label, (causal, heads, d) in SHAPES.items():
         print(f"\n## {label}: ms per forward + backward at B * T = {TOKENS}\n")
