@@ -122,7 +122,9 @@ def test_bidirectional_float32_products_at_odd_shapes(T, F, Dv, tiles, monkeypat
     """float32 (tiles.h's register tiles, or BLAS) against float64 at shapes that end every tile early: features not
     a multiple of 16 or 32, Dv + 1 over 32 and split into column groups, rows not a multiple of 8 or 64, with
     padding, an initial state and normalisation; every element of every output written (NaN-poisoned buffers)."""
-    monkeypatch.setattr(cpu, "TILES", tiles)
+    from kernelized.ops.linear import bidirectional
+
+    monkeypatch.setattr(bidirectional, "TILES", tiles)
     leaves = _case(B=2, T=T, H=2, F=F, Dv=Dv)
     mask = torch.zeros(2, T, dtype=torch.bool)
     mask[1, T // 2 :] = T > 1
@@ -136,13 +138,15 @@ def test_bidirectional_float32_products_at_odd_shapes(T, F, Dv, tiles, monkeypat
 @needs_kernels
 @pytest.mark.skipif(not _avx512(), reason="no AVX-512: float32 takes BLAS either way")
 def test_bidirectional_tiles_switch_changes_the_path(monkeypatch):
-    """``cpu.TILES`` selects the path: the two sum in different orders, so their float32 results differ in the last bits
+    """TILES selects the path: the two sum in different orders, so their float32 results differ in the last bits
     while both stay within round-off of each other."""
+    from kernelized.ops.linear import bidirectional
+
     q, k = torch.rand(2, 200, 2, 100), torch.rand(2, 200, 2, 100)
     v = torch.randn(2, 200, 2, 24)
     outs = {}
     for tiles in (True, False):
-        monkeypatch.setattr(cpu, "TILES", tiles)
+        monkeypatch.setattr(bidirectional, "TILES", tiles)
         outs[tiles] = ops.linear_attention(q, k, v, causal=False, mode="chunk")[0]
     assert not torch.equal(outs[True], outs[False])
     assert_close("o", outs[False].double(), outs[True].double(), ratio=1e-5)

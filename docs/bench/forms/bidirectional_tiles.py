@@ -12,8 +12,9 @@ import statistics
 
 import torch
 
-from kernelized import cpu, ops
+from kernelized import ops
 from kernelized.experiments.bench import measure
+from kernelized.ops.linear import bidirectional
 from kernelized.train.memory import keep_freed_memory
 
 SHAPES = ((8, 1024), (2, 4096))  # (B, T); 4 heads, Dv 32
@@ -49,7 +50,7 @@ def main() -> None:
             for F in FEATURES:
                 step, forward = step_of(B, T, F, gen)
                 for tiles in (False, True):
-                    cpu.TILES = tiles
+                    bidirectional.TILES = tiles
                     times.setdefault((B, T, F, tiles), []).append(measure.timed(step, "cpu", 2, 5, float("inf"))[0])
                     times.setdefault((B, T, F, tiles, "fwd"), []).append(
                         measure.timed(forward, "cpu", 2, 5, float("inf"))[0]

@@ -7,8 +7,7 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
   (``ops.polynomial_attention``);
 - ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``);
 - ``random_features.cpp``: RKS and PRF random features from the inputs and frequencies, the projection and the
-  cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``);
-- ``tiles.h``: float32 AVX-512 register tiles for the skinny products of the last two (:data:`TILES`).
+  cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``).
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
 to the kernels as function pointers. OpenMP is torch's own too: the library is built with ``-fopenmp`` and its
@@ -50,9 +49,6 @@ HEADERS = ("gemm.h", "vmath.h", "tiles.h")  # included by the sources: part of t
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 SERIAL_FLAGS = tuple("-fopenmp-simd" if flag == "-fopenmp" else flag for flag in FLAGS)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-# float32 products as tiles.h's AVX-512 register tiles where the build has them (library().tiles): the bidirectional
-# op's and the random features'. False keeps BLAS everywhere (side-by-side timings, and tests of both paths).
-TILES = True
 
 
 def disabled() -> bool:
@@ -146,11 +142,10 @@ _SIGNATURES = {  # see the .cpp sources; the ops' calls are batched over (batch,
     "monomials2_forward": [_P, _L, _I, _P, _P, _L],
     "monomials2_backward": [_P, _P, _L, _L, _I, _P, _P],
     # every head, strided tensors as (pointer, head stride, row stride): gemm, x, N, d, W [H, M, d], M, ..., H, chunks
-    # ..., H, chunks, tiles
-    "rks_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _I, _D, *_ROWS, _I, _I, _I],
-    "rks_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, *_ROWS, _P, _P, _I, _I, _I],
-    "prf_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _D, _I, _I, _P, *_ROWS, _I, _I, _I],
-    "prf_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, _D, _I, *_ROWS, _P, _P, _I, _I, _I],
+    "rks_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _I, _D, *_ROWS, _I, _I],
+    "rks_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, *_ROWS, _P, _P, _I, _I],
+    "prf_forward": [_P, *_ROWS, _L, _I, _P, _I, _P, _D, _I, _I, _P, *_ROWS, _I, _I],
+    "prf_backward": [_P, *_ROWS, _L, _I, _P, _I, *_ROWS * 2, _D, _I, *_ROWS, _P, _P, _I, _I],
 }  # fmt: skip
 
 
@@ -168,8 +163,8 @@ def library() -> SimpleNamespace | None:
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
         warnings.warn(f"kernelized: compiled CPU kernels unavailable, using the PyTorch path ({err})", stacklevel=2)
         return None
-    lib.kz_have_tiles.restype = ctypes.c_int
-    ns = SimpleNamespace(gemm=gemm, tiles=bool(lib.kz_have_tiles()))  # tiles: float32 AVX-512 tiles built
+    lib.bidirectional_tiles.restype = ctypes.c_int
+    ns = SimpleNamespace(gemm=gemm, tiles=bool(lib.bidirectional_tiles()))  # tiles: float32 AVX-512 tiles built
     for name, argtypes in _SIGNATURES.items():
         fns = {}
         for suffix in DTYPES.values():

@@ -213,4 +213,4 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
 KZ_EXPORT(float, f32)
 KZ_EXPORT(double, f64)
 
-extern "C" int kz_have_tiles() { return KZ_HAVE_TILES; }  // whether float32 can take tiles.h's products
+extern "C" int bidirectional_tiles() { return KZ_HAVE_TILES; }  // whether float32 can take tiles.h's path

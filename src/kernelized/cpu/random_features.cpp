@@ -13,11 +13,9 @@
 
 #include <algorithm>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
-#include "tiles.h"
 #include "vmath.h"
 
 namespace {
@@ -33,65 +31,24 @@ inline void sincos_(double x, double& s, double& c) { s = std::sin(x), c = std::
 inline float exp_(float x) { return kz::exp_f32(x); }
 inline double exp_(double x) { return std::exp(x); }
 
-// One head's frequencies W [M, d] and the three products of a tile of rows with them. BLAS gemms, or in float32
-// where the build has them (tiles 1) tiles.h's register tiles: the products are small ([rows, d] x [d, M] with
-// d = 32), and MKL packs both operands anew on each call.
-template <typename T>
-struct Frequencies {
-    kz::Gemm<T> gemm;
-    const T* W;
-    int M, d;
-    bool tiled = false;
-    std::vector<T> WT;  // [d, M], for the tiles' u = x W^T
-
-    Frequencies(kz::Gemm<T> gemm_, const T* W_, int M_, int d_, int tiles) : gemm(gemm_), W(W_), M(M_), d(d_) {
-#if KZ_HAVE_TILES
-        if constexpr (std::is_same_v<T, float>) tiled = tiles != 0;
-#endif
-        if (tiled) WT.resize(static_cast<size_t>(M) * d), kz::transpose(W, M, d, WT.data());
-    }
-    void project(const T* x, long ldx, int rows, T* U) const {  // U [rows, M] = x W^T
-#if KZ_HAVE_TILES
-        if constexpr (std::is_same_v<T, float>)
-            if (tiled) return kz::tiles::project(x, ldx, rows, d, WT.data(), M, M, nullptr, U, M, nullptr);
-#endif
-        RowMajor<T>{gemm}(false, true, rows, M, d, 1, x, ldx, W, d, 0, U, M);
-    }
-    void input_grad(const T* dU, int rows, T* dx, long lddx) const {  // dx [rows, d] = dU W
-#if KZ_HAVE_TILES
-        if constexpr (std::is_same_v<T, float>)
-            if (tiled) return kz::tiles::project(dU, M, rows, M, W, d, d, nullptr, dx, lddx, nullptr);
-#endif
-        RowMajor<T>{gemm}(false, false, rows, d, M, 1, dU, M, W, d, 0, dx, lddx);
-    }
-    void weight_grad(const T* dU, int rows, const T* x, long ldx, T* dW) const {  // dW [M, d] += dU^T x
-#if KZ_HAVE_TILES
-        if constexpr (std::is_same_v<T, float>)
-            if (tiled) return kz::tiles::accumulate(x, ldx, dU, M, rows, d, M, dW, d);
-#endif
-        RowMajor<T>{gemm}(true, false, M, d, rows, 1, dU, M, x, ldx, 1, dW, d);
-    }
-};
-
-// row(n, u) for every row n of x, with u = x_n W^T [M]: one product per tile of rows into a scratch tile.
+// row(n, u) for every row n of x, with u = x_n W^T [M]: a gemm per tile of rows into a scratch tile.
 template <typename T, typename Row>
-void projected_rows(const Frequencies<T>& fr, const T* x, long ldx, long N, Row row) {
-    const int M = fr.M;
+void projected_rows(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, Row row) {
+    const RowMajor<T> mm{gemm};
     const long TILE = tile_rows(M);
     std::vector<T> U(static_cast<size_t>(TILE) * M);
     for (long n0 = 0; n0 < N; n0 += TILE) {
         const int rows = static_cast<int>(std::min(TILE, N - n0));
-        fr.project(x + n0 * ldx, ldx, rows, U.data());  // u = x W^T
+        mm(false, true, rows, M, d, 1, x + n0 * ldx, ldx, W, d, 0, U.data(), M);  // u = x W^T
         for (int i = 0; i < rows; ++i) row(n0 + i, U.data() + static_cast<long>(i) * M);
     }
 }
 
 // out rows: [a cos u, a sin u] and, if smooth, the constant column s after them.
 template <typename T>
-void rks_forward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T* amp, int smooth, T s, T* out,
-                 long ldo) {
-    const int M = fr.M;
-    projected_rows(fr, x, ldx, N, [&](long n, const T* u) {
+void rks_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* amp, int smooth,
+                 T s, T* out, long ldo) {
+    projected_rows(gemm, x, ldx, N, d, W, M, [&](long n, const T* u) {
         T* o = out + n * ldo;
 #pragma omp simd
         for (int m = 0; m < M; ++m) {
@@ -108,9 +65,9 @@ void rks_forward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T
 // du^T x into dW [M, d] and sum over rows of (a cos u g_cos + a sin u g_sin) into amp_sum [M] (that over a is
 // d_amp; the caller divides).
 template <typename T>
-void rks_backward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T* out, long ldo, const T* g,
-                  long ldg, T* dx, long lddx, T* dW, T* amp_sum) {
-    const int M = fr.M;
+void rks_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* out, long ldo,
+                  const T* g, long ldg, T* dx, long lddx, T* dW, T* amp_sum) {
+    const RowMajor<T> mm{gemm};
     const long TILE = tile_rows(M);
     std::vector<T> dU(static_cast<size_t>(TILE) * M);
     for (long n0 = 0; n0 < N; n0 += TILE) {
@@ -124,8 +81,8 @@ void rks_backward(const Frequencies<T>& fr, const T* x, long ldx, long N, const 
                 amp_sum[m] += o[m] * gr[m] + o[M + m] * gr[M + m];
             }
         }
-        fr.input_grad(dU.data(), rows, dx + n0 * lddx, lddx);         // dx = du W
-        fr.weight_grad(dU.data(), rows, x + n0 * ldx, ldx, dW);       // dW += du^T x
+        mm(false, false, rows, d, M, 1, dU.data(), M, W, d, 0, dx + n0 * lddx, lddx);  // dx = du W
+        mm(true, false, M, d, rows, 1, dU.data(), M, x + n0 * ldx, ldx, 1, dW, d);     // dW += du^T x
     }
 }
 
@@ -133,10 +90,9 @@ void rks_backward(const Frequencies<T>& fr, const T* x, long ldx, long N, const 
 // (shift_mode 1: the keys' stabiliser), the row's own largest l (2: the queries'), or 0 (0). Written as
 // exp(+-u + log a - s) with one row constant s, so each row is one pass (two with the largest l: max, then exp).
 template <typename T>
-void prf_forward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T* log_amp, T c, int hyperbolic,
-                 int shift_mode, T shift, T* out, long ldo) {
-    const int M = fr.M, d = fr.d;
-    projected_rows(fr, x, ldx, N, [&](long n, const T* u) {
+void prf_forward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* log_amp, T c,
+                 int hyperbolic, int shift_mode, T shift, T* out, long ldo) {
+    projected_rows(gemm, x, ldx, N, d, W, M, [&](long n, const T* u) {
         const T* xr = x + n * ldx;
         T* o = out + n * ldo;
         T s;
@@ -174,9 +130,9 @@ void prf_forward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T
 // dx [N, d] = du W - 2 c (sum_f g_f out_f) x; adds du^T x into dW [M, d] and each frequency's log-feature gradients
 // (both of the pair) into log_amp_sum [M] (= d log a).
 template <typename T>
-void prf_backward(const Frequencies<T>& fr, const T* x, long ldx, long N, const T* out, long ldo, const T* g,
-                  long ldg, T c, int hyperbolic, T* dx, long lddx, T* dW, T* log_amp_sum) {
-    const int M = fr.M, d = fr.d;
+void prf_backward(kz::Gemm<T> gemm, const T* x, long ldx, long N, int d, const T* W, int M, const T* out, long ldo,
+                  const T* g, long ldg, T c, int hyperbolic, T* dx, long lddx, T* dW, T* log_amp_sum) {
+    const RowMajor<T> mm{gemm};
     const long TILE = tile_rows(M);
     std::vector<T> dU(static_cast<size_t>(TILE) * M), total(TILE);
     for (long n0 = 0; n0 < N; n0 += TILE) {
@@ -205,14 +161,14 @@ void prf_backward(const Frequencies<T>& fr, const T* x, long ldx, long N, const 
             total[i] = sum;
         }
         T* dxt = dx + n0 * lddx;
-        fr.input_grad(dU.data(), rows, dxt, lddx);  // dx = du W
+        mm(false, false, rows, d, M, 1, dU.data(), M, W, d, 0, dxt, lddx);  // dx = du W
         for (int i = 0; i < rows; ++i) {                                     // - 2 c sum x: through |x|^2
             const T w = -2 * c * total[i], *xr = x + (n0 + i) * ldx;
             T* dr = dxt + i * lddx;
 #pragma omp simd
             for (int j = 0; j < d; ++j) dr[j] += w * xr[j];
         }
-        fr.weight_grad(dU.data(), rows, x + n0 * ldx, ldx, dW);  // dW += du^T x
+        mm(true, false, M, d, rows, 1, dU.data(), M, x + n0 * ldx, ldx, 1, dW, d);  // dW += du^T x
     }
 }
 
@@ -231,52 +187,51 @@ struct Item {
 // Strided tensors: (pointer, head stride, row stride) in elements; W [H, M, d] and a / log a [H, M] contiguous;
 // backward adds item i's du^T x into dW + i M d and its per-frequency sums into sums + i M (the caller adds the
 // items of each head; shift [H] or null).
-#define KZ_EXPORT_RANDOM_FEATURES(T, suffix)                                                                     \
-    extern "C" void rks_forward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,  \
-                                         int M, const T* amp, int smooth, double s, T* out, long oh, long ldo,  \
-                                         int H, int chunks, int tiles) {                                        \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                      \
-            const Item it(i, chunks, N);                                                                        \
-            const Frequencies<T> fr(reinterpret_cast<kz::Gemm<T>>(gemm), W + it.h * M * d, M, d, tiles);       \
-            rks_forward<T>(fr, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, amp + it.h * M, smooth,         \
-                           static_cast<T>(s), out + it.h * oh + it.n0 * ldo, ldo);                              \
-        });                                                                                                     \
-    }                                                                                                           \
-    extern "C" void rks_backward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W, \
-                                          int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,\
-                                          T* dx, long dxh, long lddx, T* dW, T* sums, int H, int chunks,        \
-                                          int tiles) {                                                          \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                      \
-            const Item it(i, chunks, N);                                                                        \
-            const Frequencies<T> fr(reinterpret_cast<kz::Gemm<T>>(gemm), W + it.h * M * d, M, d, tiles);       \
-            rks_backward<T>(fr, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, out + it.h * oh + it.n0 * ldo, \
-                            ldo, g + it.h * gh + it.n0 * ldg, ldg, dx + it.h * dxh + it.n0 * lddx, lddx,        \
-                            dW + i * M * d, sums + i * M);                                                      \
-        });                                                                                                     \
-    }                                                                                                           \
-    extern "C" void prf_forward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,  \
-                                         int M, const T* log_amp, double c, int hyperbolic, int shift_mode,     \
-                                         const double* shift, T* out, long oh, long ldo, int H, int chunks,     \
-                                         int tiles) {                                                           \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                      \
-            const Item it(i, chunks, N);                                                                        \
-            const Frequencies<T> fr(reinterpret_cast<kz::Gemm<T>>(gemm), W + it.h * M * d, M, d, tiles);       \
-            prf_forward<T>(fr, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, log_amp + it.h * M,             \
-                           static_cast<T>(c), hyperbolic, shift_mode, static_cast<T>(shift ? shift[it.h] : 0.0), \
-                           out + it.h * oh + it.n0 * ldo, ldo);                                                 \
-        });                                                                                                     \
-    }                                                                                                           \
-    extern "C" void prf_backward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W, \
-                                          int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,\
-                                          double c, int hyperbolic, T* dx, long dxh, long lddx, T* dW, T* sums, \
-                                          int H, int chunks, int tiles) {                                       \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                      \
-            const Item it(i, chunks, N);                                                                        \
-            const Frequencies<T> fr(reinterpret_cast<kz::Gemm<T>>(gemm), W + it.h * M * d, M, d, tiles);       \
-            prf_backward<T>(fr, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, out + it.h * oh + it.n0 * ldo, \
-                            ldo, g + it.h * gh + it.n0 * ldg, ldg, static_cast<T>(c), hyperbolic,               \
-                            dx + it.h * dxh + it.n0 * lddx, lddx, dW + i * M * d, sums + i * M);                \
-        });                                                                                                     \
+#define KZ_EXPORT_RANDOM_FEATURES(T, suffix)                                                                       \
+    extern "C" void rks_forward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,    \
+                                         int M, const T* amp, int smooth, double s, T* out, long oh, long ldo,    \
+                                         int H, int chunks) {                                                     \
+        const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+            const Item it(i, chunks, N);                                                                          \
+            rks_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
+                           amp + it.h * M, smooth, static_cast<T>(s), out + it.h * oh + it.n0 * ldo, ldo);        \
+        });                                                                                                       \
+    }                                                                                                             \
+    extern "C" void rks_backward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,   \
+                                          int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,  \
+                                          T* dx, long dxh, long lddx, T* dW, T* sums, int H, int chunks) {        \
+        const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+            const Item it(i, chunks, N);                                                                          \
+            rks_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
+                            out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \
+                            dx + it.h * dxh + it.n0 * lddx, lddx, dW + i * M * d, sums + i * M);                  \
+        });                                                                                                       \
+    }                                                                                                             \
+    extern "C" void prf_forward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,    \
+                                         int M, const T* log_amp, double c, int hyperbolic, int shift_mode,       \
+                                         const double* shift, T* out, long oh, long ldo, int H, int chunks) {     \
+        const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+            const Item it(i, chunks, N);                                                                          \
+            prf_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
+                           log_amp + it.h * M, static_cast<T>(c), hyperbolic, shift_mode,                         \
+                           static_cast<T>(shift ? shift[it.h] : 0.0), out + it.h * oh + it.n0 * ldo, ldo);        \
+        });                                                                                                       \
+    }                                                                                                             \
+    extern "C" void prf_backward_##suffix(void* gemm, const T* x, long xh, long ldx, long N, int d, const T* W,   \
+                                          int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,  \
+                                          double c, int hyperbolic, T* dx, long dxh, long lddx, T* dW, T* sums,   \
+                                          int H, int chunks) {                                                    \
+        const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+            const Item it(i, chunks, N);                                                                          \
+            prf_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
+                            out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \
+                            static_cast<T>(c), hyperbolic, dx + it.h * dxh + it.n0 * lddx, lddx, dW + i * M * d,  \
+                            sums + i * M);                                                                        \
+        });                                                                                                       \
     }
 
 KZ_EXPORT_RANDOM_FEATURES(float, f32)

@@ -174,7 +174,7 @@ def _forward(name: str, x: torch.Tensor, w: torch.Tensor, F: int, args: tuple) -
     rows, xs = _heads(x, H)
     N = rows.shape[0]
     out = x.new_empty(N, H, F)
-    fn(gemm, *xs, N, d, w.data_ptr(), M, *args, out.data_ptr(), F, H * F, H, _chunks(N, H), int(_cpu.TILES))
+    fn(gemm, *xs, N, d, w.data_ptr(), M, *args, out.data_ptr(), F, H * F, H, _chunks(N, H))
     return out
 
 
@@ -188,7 +188,7 @@ def _backward(name: str, x, w, out, g, args: tuple):
     dx = x.new_empty(N, H, d)
     dw, sums = x.new_zeros(H * chunks, M, d), x.new_zeros(H * chunks, M)  # one partial sum per work item
     fn(gemm, *xs, N, d, w.data_ptr(), M, out.data_ptr(), F, H * F, *gs, *args, dx.data_ptr(), d, H * d,
-       dw.data_ptr(), sums.data_ptr(), H, chunks, int(_cpu.TILES))  # fmt: skip
+       dw.data_ptr(), sums.data_ptr(), H, chunks)  # fmt: skip
     return dx.view(x.shape), dw.view(H, chunks, M, d).sum(1), sums.view(H, chunks, M).sum(1)
 
 

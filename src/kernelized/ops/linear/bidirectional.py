@@ -6,10 +6,10 @@ useful work ``4 T F (Dv+1)`` forward and twice that backward, whatever the chunk
 Where the compiled CPU kernels build (``kernelized.cpu``), float32/float64 CPU inputs go to ``bidirectional.cpp``:
 per (batch, head) sequence each product is one gemm on the caller's strided rows of ``[B, T, H, F]`` (no permuted
 copies of features that may be hundreds wide), key padding is fused into the ``[v, 1]`` rows, and normalisation is
-one pass over the output. In float32, where the build targets AVX-512, the two skinny products (the state's sum and
-q S) are ``tiles.h``'s register tiles rather than BLAS gemms (MKL runs these shapes well below its square-matrix
-rate); ``kernelized.cpu.TILES`` set to False keeps BLAS (for side-by-side timings and tests). :func:`reference`
-(two einsums, autograd) stays as the readable statement and the fallback.
+one pass over the output. In float32, where the build targets AVX-512, the products are ``tiles.h``'s register
+tiles rather than BLAS gemms (MKL runs these skinny shapes well below its square-matrix rate); :data:`TILES` set to
+False keeps BLAS (for side-by-side timings and tests). :func:`reference` (two einsums, autograd) stays as the readable
+statement and the fallback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from kernelized import cpu as _cpu
+
+TILES = True  # float32: tiles.h's register tiles where built (kernelized.cpu.library().tiles), else BLAS
 
 
 def bidirectional_linear_attention(
@@ -91,7 +93,7 @@ def _compiled_forward(q, k, v, keep, S0, eps: float | None, save: bool):
     S0 = None if S0 is None else S0.contiguous()
     qkv = (*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep))
     fn(gemm, *qkv, _cpu.pointer(S0), *_cpu.heads(o), S.data_ptr(), _cpu.pointer(norm), B, H, T, Fd, Dv,
-       int(eps is not None), 0.0 if eps is None else eps, int(_cpu.TILES))  # fmt: skip
+       int(eps is not None), 0.0 if eps is None else eps, int(TILES))  # fmt: skip
     return o, S, norm
 
 
@@ -107,5 +109,5 @@ def _compiled_backward(q, k, v, keep, do, o, S, norm, dS, eps: float | None, has
     qkv = (*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep))
     grads = (*_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), _cpu.pointer(dS0))
     fn(gemm, *qkv, *_cpu.heads(do), *_cpu.heads(o), S.data_ptr(), _cpu.pointer(norm), _cpu.pointer(dS), *grads,
-       B, H, T, Fd, Dv, int(eps is not None), int(_cpu.TILES))  # fmt: skip
+       B, H, T, Fd, Dv, int(eps is not None), int(TILES))  # fmt: skip
     return dq, dk, dv, dS0
