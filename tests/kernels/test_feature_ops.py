@@ -146,6 +146,30 @@ def test_compiled_prf_equals_its_torch_statement_in_float64(hyperbolic, stabilis
 
 
 @needs_kernels
+@pytest.mark.parametrize(("d", "M"), [(6, 7), (32, 64), (33, 20)])
+def test_compiled_float32_features_and_gradients_equal_float64(d, M):
+    """float32's projection and its two gradient products: RKS and PRF features and the gradients of x, w and the
+    amplitudes against the float64 torch statement, over several tiles of rows (300 rows a head)."""
+    gen = torch.Generator().manual_seed(d + M)
+    x = torch.randn(2, 150, H, d, generator=gen) / d**0.5
+    w = torch.randn(H, M, d, generator=gen) * 0.7
+    amp = torch.rand(H, M, generator=gen) + 0.1
+    cases = {
+        "rks": (feature_ops.rks, feature_ops.reference_rks, (x, w, amp), (0.5,)),
+        "prf": (feature_ops.prf, feature_ops.reference_prf, (x, w, amp.log()), (0.3, True, None, True)),
+    }
+    for name, (fn, ref_fn, tensors, rest) in cases.items():
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        leaves64 = [t.double().requires_grad_() for t in tensors]
+        out, ref = fn(*leaves, *rest), ref_fn(*leaves64, *rest)
+        assert_close(f"{name} features", ref, out.double(), ratio=1e-6)
+        g = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        grads = zip(torch.autograd.grad(ref, leaves64, g), torch.autograd.grad(out, leaves, g.float()))
+        for i, (r, o) in enumerate(grads):
+            assert_close(f"{name} gradient {i}", r, o.double(), ratio=1e-5)
+
+
+@needs_kernels
 def test_compiled_features_have_gradients_of_gradients():  # double backward goes through the torch statement
     x, w, amp = (t.detach()[:1, :5].requires_grad_() if t.dim() == 4 else t for t in _inputs(torch.float64, False))
     assert torch.autograd.gradgradcheck(lambda x, w, a: feature_ops.rks(x, w, a, None), (x, w, amp))
