@@ -124,7 +124,7 @@ def _compare(fn, ref_fn, inputs, ratio):
 @pytest.mark.parametrize("smoothing", [None, 0.5])
 def test_compiled_rks_equals_its_torch_statement_in_float64(smoothing, strided, threads):
     x, w, amp = _inputs(torch.float64, strided)
-    assert feature_ops._compiled(x, w)
+    assert feature_ops.compiled(x, w)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -174,6 +174,10 @@ def test_compiled_features_have_gradients_of_gradients():  # double backward goe
     x, w, amp = (t.detach()[:1, :5].requires_grad_() if t.dim() == 4 else t for t in _inputs(torch.float64, False))
     assert torch.autograd.gradgradcheck(lambda x, w, a: feature_ops.rks(x, w, a, None), (x, w, amp))
     assert torch.autograd.gradgradcheck(lambda x, w, a: feature_ops.prf(x, w, a, 0.3, True), (x, w, amp.log()))
+    # constant amplitudes (a map's fixed weights): the statement is differentiated for x and w alone
+    const = amp.detach()
+    assert torch.autograd.gradgradcheck(lambda x, w: feature_ops.rks(x, w, const, None), (x, w))
+    assert torch.autograd.gradgradcheck(lambda x, w: feature_ops.prf(x, w, const.log(), 0.3, True), (x, w))
 
 
 @needs_kernels

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 import torch
 
 SOURCES = ("chunk.cpp", "bidirectional.cpp", "polynomial.cpp", "features.cpp", "random_features.cpp")
-HEADERS = ("gemm.h", "vmath.h", "tiles.h")  # included by the sources: part of the cache key
+HEADERS = ("gemm.h", "vmath.h", "tiles.h", "random_features.h")  # included by the sources: part of the cache key
 # -fopenmp: the kernels' parallel loops (gemm.h's parallel_items, features.cpp's rows) run on torch's own OpenMP
 # team, since the library's libgomp.so.1 is the one torch has loaded. A compiler without OpenMP builds the same code
 # with its parallel loops serial.
@@ -136,6 +136,8 @@ _SIGNATURES = {  # see the .cpp sources; the ops' calls are batched over (batch,
     "bidirectional_forward": [_P, *_HEADS * 3, _P, _P, *_HEADS, _P, _P, _L, _L, _L, _I, _I, _I, _D, _I],
     "bidirectional_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, _P, _P, *_HEADS * 3, _P, _L, _L, _L, _I, _I,
                                _I, _I],
+    "bidirectional_features_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, _P, *_HEADS * 2, _P, _I, _I, _I, _D,
+                                        _I, *_HEADS * 3, _P, _P, _L, _L, _L, _I, _I, _I],
     "polynomial_forward": [_P, *_HEADS * 3, _P, *_HEADS, _P, _L, _L, _L, _L, _I, _I, _I, _P, _D, _I, _D],
     "polynomial_backward": [_P, *_HEADS * 3, _P, *_HEADS * 2, _P, *_HEADS * 3, _L, _L, _L, _L, _I, _I, _I, _P, _D,
                             _I],

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "gemm.h"
+#include "random_features.h"
 #include "tiles.h"
 
 namespace {
@@ -158,6 +159,59 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
 }
 
+// The backward of the random features the op was given (random_features.h), for one head: kind 1 RKS, 2 PRF (c the
+// |x|^2 coefficient, hyperbolic the pair); frequencies W [M, d].
+template <typename T>
+struct FeatureGrad {
+    int kind;
+    const T* W;
+    int M, d;
+    T c;
+    int hyperbolic;
+    // dx rows (lddx) of n rows of inputs x (ldx) from their features phi (ldphi) and the features' gradient g (ldg);
+    // adds into dW [M, d] and the per-frequency sums [M]
+    void operator()(kz::Gemm<T> gemm, const T* x, long ldx, long n, const T* phi, long ldphi, const T* g, long ldg,
+                    T* dx, long lddx, T* dW, T* sums) const {
+        if (kind == 1)
+            kz::rf::rks_backward(gemm, x, ldx, n, d, W, M, phi, ldphi, g, ldg, dx, lddx, dW, sums);
+        else
+            kz::rf::prf_backward(gemm, x, ldx, n, d, W, M, phi, ldphi, g, ldg, c, hyperbolic, dx, lddx, dW, sums);
+    }
+};
+
+// backward (above) with the features' own backward fused in, 128 rows at a time: a tile's feature gradient (dq or
+// dk) stays in cache from the product that forms it to the features' backward that consumes it, and each role's
+// features are read once. Unfused, the op writes dq and dk and the features' backward reads them and the features
+// again: four more passes over [L, F]. Writes dxq, dxk (rows of the inputs x the features came from) and dv; adds
+// into dW and sums. No initial state and no state gradient (the fused path serves calls without them).
+template <typename T>
+void backward_features(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv,
+                       const T* keep, const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm,
+                       const T* xq, long ldxq, const T* xk, long ldxk, const FeatureGrad<T>& fg, T* dxq, long lddxq,
+                       T* dxk, long lddxk, T* dv, long lddv, T* dW, T* sums, long L, int F, int Dv, int normalize) {
+    const RowMajor<T> mm{gemm};
+    const int D1 = Dv + 1;
+    const long TILE = 128;
+    std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0)), V1(TILE * D1), g(TILE * F);
+    output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());
+    for (long t0 = 0; t0 < L; t0 += TILE) {  // queries: dq = dy S^T, G += q^T dy, then dq into dxq, dW
+        const int n = static_cast<int>(std::min(TILE, L - t0));
+        const T *qt = q + t0 * ldq, *dyt = dy.data() + t0 * D1;
+        mm(false, true, n, F, D1, 1, dyt, D1, S, D1, 0, g.data(), F);
+        mm(true, false, F, D1, n, 1, qt, ldq, dyt, D1, 1, G.data(), D1);
+        fg(gemm, xq + t0 * ldxq, ldxq, n, qt, ldq, g.data(), F, dxq + t0 * lddxq, lddxq, dW, sums);
+    }
+    for (long t0 = 0; t0 < L; t0 += TILE) {  // keys: dk = [v, 1] G^T, dv = k G[:, :Dv], then dk into dxk, dW
+        const int n = static_cast<int>(std::min(TILE, L - t0));
+        const T* kt = k + t0 * ldk;
+        values_with_ones(v + t0 * ldv, ldv, keep ? keep + t0 : nullptr, n, Dv, V1.data());
+        mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, g.data(), F);
+        mm(false, false, n, Dv, F, 1, kt, ldk, G.data(), D1, 0, dv + t0 * lddv, lddv);
+        fg(gemm, xk + t0 * ldxk, ldxk, n, kt, ldk, g.data(), F, dxk + t0 * lddxk, lddxk, dW, sums);
+    }
+    drop_padded(keep, L, Dv, dv, lddv);
+}
+
 // Every (batch, head) sequence i = b H + h in one call, as OpenMP work items on the calling thread's team (torch's:
 // the library links the libgomp torch loaded). keep [B, L] or null; S0, S, dS_final, dS0 [B, H, F, Dv+1] or null;
 // norm [B, H, L] or null.
@@ -189,6 +243,27 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
     });
 }
 
+// backward_features over every (batch, head) sequence i: W [H, M, d]; dW [B, H, M, d] and sums [B, H, M], one
+// partial per sequence (the caller adds the batch's).
+template <typename T>
+void backward_features_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k, kz::Heads<const T> v,
+                             const T* keep, kz::Heads<const T> d_o, kz::Heads<const T> o, const T* S, const T* norm,
+                             kz::Heads<const T> xq, kz::Heads<const T> xk, const T* W, int M, int d, int kind, T c,
+                             int hyperbolic, kz::Heads<T> dxq, kz::Heads<T> dxk, kz::Heads<T> dv, T* dW, T* sums,
+                             long B, long H, long L, int F, int Dv, int normalize) {
+    const long state = static_cast<long>(F) * (Dv + 1);
+    kz::parallel_items(0, B * H, [&](long i) {
+        const long b = i / H, h = i % H;
+        const FeatureGrad<T> fg{kind, W + h * M * d, M, d, c, hyperbolic};
+        std::fill(dW + i * M * d, dW + (i + 1) * M * d, T(0));
+        std::fill(sums + i * M, sums + (i + 1) * M, T(0));
+        backward_features<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
+                             d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
+                             xq.at(b, h), xq.ld, xk.at(b, h), xk.ld, fg, dxq.at(b, h), dxq.ld, dxk.at(b, h), dxk.ld,
+                             dv.at(b, h), dv.ld, dW + i * M * d, sums + i * M, L, F, Dv, normalize);
+    });
+}
+
 }  // namespace
 
 #define KZ_EXPORT(T, suffix)                                                                                     \
@@ -210,7 +285,22 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
                           KZ_AT(T, dq), KZ_AT(T, dk), KZ_AT(T, dv), dS0, B, H, L, F, Dv, normalize, tiles);      \
     }
 
+#define KZ_EXPORT_FEATURES(T, suffix)                                                                          \
+    extern "C" void bidirectional_features_backward_##suffix(                                                   \
+        void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
+        KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* S, const T* norm, KZ_HEADS(const T, xq),          \
+        KZ_HEADS(const T, xk), const T* W, int M, int d, int kind, double c, int hyperbolic, KZ_HEADS(T, dxq),  \
+        KZ_HEADS(T, dxk), KZ_HEADS(T, dv), T* dW, T* sums, long B, long H, long L, int F, int Dv, int normalize) { \
+        backward_features_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),   \
+                                   KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), S, norm,     \
+                                   KZ_AT(const T, xq), KZ_AT(const T, xk), W, M, d, kind, static_cast<T>(c),     \
+                                   hyperbolic, KZ_AT(T, dxq), KZ_AT(T, dxk), KZ_AT(T, dv), dW, sums, B, H, L, F, \
+                                   Dv, normalize);                                                               \
+    }
+
 KZ_EXPORT(float, f32)
 KZ_EXPORT(double, f64)
+KZ_EXPORT_FEATURES(float, f32)
+KZ_EXPORT_FEATURES(double, f64)
 
 extern "C" int bidirectional_tiles() { return KZ_HAVE_TILES; }  // whether float32 can take tiles.h's path

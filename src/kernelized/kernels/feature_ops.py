@@ -124,7 +124,7 @@ def rks(x: torch.Tensor, w: torch.Tensor, amp: torch.Tensor, smoothing: float | 
     """RKS features ``[a cos u, a sin u] (+ [s])`` of ``u = x w^T``: ``x [..., H, d]``, ``w [H, M, d]``, ``amp [H, M]``
     (a, positive) -> ``[..., H, 2M (+1)]``; gradients reach x, w and amp."""
     amp = amp.to(x.dtype)
-    if _compiled(x, w):
+    if compiled(x, w):
         return _CompiledRKS.apply(x, w.to(x.dtype), amp, smoothing)
     return trig_features(head_matmul(x, w), amp, smoothing)
 
@@ -142,14 +142,14 @@ def prf(
     ``w [H, M, d]``, ``log_amp [H, M]``, ``offset`` c -> ``[..., H, M or 2M]``; the stabilisers as in
     :func:`exp_features`. Gradients reach x, w and log_amp."""
     log_amp = log_amp.to(x.dtype)
-    if _compiled(x, w):
+    if compiled(x, w):
         shift = None if key_shift is None else key_shift.detach().to(torch.float64).tolist()
         return _CompiledPRF.apply(x, w.to(x.dtype), log_amp, float(offset), bool(hyperbolic), shift, query_max)
     sq_norm = (x * x).sum(-1, keepdim=True)
     return exp_features(head_matmul(x, w), sq_norm, log_amp, offset, hyperbolic, key_shift, query_max)
 
 
-def _compiled(x: torch.Tensor, w: torch.Tensor) -> bool:
+def compiled(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ``random_features.cpp`` takes x ``[..., H, d]`` with w ``[H, M, d]`` (CPU, float32/64, H heads)."""
     return x.dim() >= 2 and x.shape[-2] == w.shape[0] and x.numel() > 0 and _cpu.usable(x, w)
 
@@ -226,6 +226,20 @@ def reference_prf(x, w, log_amp, offset, hyperbolic, key_shift, query_max):
     return torch.exp(a)
 
 
+def _statement_grads(ref: torch.Tensor, inputs: tuple, g: torch.Tensor) -> list:
+    """Gradients of the torch statement ``ref`` for the inputs that require them (None for the others, e.g. a map's
+    constant weights), with a graph for double backward."""
+    wanted = [t for t in inputs if t.requires_grad]
+    grads = iter(torch.autograd.grad(ref, wanted, g, create_graph=True, allow_unused=True) if wanted else ())
+    return [next(grads) if t.requires_grad else None for t in inputs]
+
+
+def rks_amp_grad(amp: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The amplitudes' gradient ``[H, M]`` from the compiled backward's per-frequency sums of ``(a cos u) g_cos +
+    (a sin u) g_sin``: cos u = (a cos u) / a (0 where a is 0)."""
+    return torch.where(amp > 0, total / amp.clamp_min(torch.finfo(amp.dtype).tiny), 0.0)
+
+
 class _CompiledRKS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, amp, smoothing):
@@ -242,11 +256,9 @@ class _CompiledRKS(torch.autograd.Function):
     def backward(ctx, g):
         x, w, amp, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the torch-op statement
-            ref = reference_rks(x, w, amp, ctx.smoothing)
-            return (*torch.autograd.grad(ref, (x, w, amp), g, create_graph=True, allow_unused=True), None)
+            return (*_statement_grads(reference_rks(x, w, amp, ctx.smoothing), (x, w, amp), g), None)
         dx, dw, total = _backward("rks_backward", x, w, out, g, ())
-        d_amp = torch.where(amp > 0, total / amp.clamp_min(torch.finfo(amp.dtype).tiny), 0.0)  # cos u = (a cos u) / a
-        return dx, dw, d_amp, None
+        return dx, dw, rks_amp_grad(amp, total), None
 
 
 class _CompiledPRF(torch.autograd.Function):
@@ -267,7 +279,6 @@ class _CompiledPRF(torch.autograd.Function):
         x, w, log_amp, out = ctx.saved_tensors
         offset, hyperbolic, key_shift, query_max = ctx.args
         if torch.is_grad_enabled():  # double backward: differentiate the torch-op statement
-            ref = reference_prf(x, w, log_amp, *ctx.args)
-            return (*torch.autograd.grad(ref, (x, w, log_amp), g, create_graph=True, allow_unused=True), *[None] * 4)
+            return (*_statement_grads(reference_prf(x, w, log_amp, *ctx.args), (x, w, log_amp), g), *[None] * 4)
         dx, dw, d_log_amp = _backward("prf_backward", x, w, out, g, (offset, int(hyperbolic)))
         return dx, dw, d_log_amp, None, None, None, None

@@ -55,7 +55,7 @@ import torch
 
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.kernels.base import FeatureMap
-from kernelized.kernels.feature_ops import head_matmul, prf, rks
+from kernelized.kernels.feature_ops import compiled, head_matmul, prf, rks
 from kernelized.kernels.registry import register
 
 #: log of the largest key feature the PRF stabiliser allows (see the module docstring).
@@ -330,14 +330,31 @@ class RandomFeatureMap(FeatureMap):
         dtype = x.dtype
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-            shift = self._key_shift(omega, weight) if self.stabilize and role != "query" else None
-            w = omega.to(x.dtype) * self.input_scale  # (s x) . w = x . (s w): scale the small operand
-            if self.estimator == "rks":
-                return rks(x, w, weight.sqrt(), self.smoothing).to(dtype)
-            log_amp = 0.5 * torch.log(weight) - (0.5 * math.log(2.0) if self.hyperbolic else 0.0)
-            feats = prf(x, w, log_amp, self.norm_offset * self.input_scale**2, self.hyperbolic, shift,
-                        query_max=self.stabilize and role == "query")  # fmt: skip
-            return feats.to(dtype)
+            args = self._operands(x, role, omega, weight)
+            return (rks(*args) if self.estimator == "rks" else prf(*args)).to(dtype)
+
+    def _operands(self, x: torch.Tensor, role: str, omega: torch.Tensor, weight: torch.Tensor) -> tuple:
+        """The arguments of :func:`~kernelized.kernels.feature_ops.rks` (``x, w, a, smoothing``) or ``prf``
+        (``x, w, log a, c, hyperbolic, key shift, query max``) that give one role's features."""
+        w = omega.to(x.dtype) * self.input_scale  # (s x) . w = x . (s w): scale the small operand
+        if self.estimator == "rks":
+            return x, w, weight.sqrt(), self.smoothing
+        shift = self._key_shift(omega, weight) if self.stabilize and role != "query" else None
+        log_amp = 0.5 * torch.log(weight) - (0.5 * math.log(2.0) if self.hyperbolic else 0.0)
+        offset = self.norm_offset * self.input_scale**2
+        return x, w, log_amp, offset, self.hyperbolic, shift, self.stabilize and role == "query"
+
+    def query_key_operands(self, q: torch.Tensor, k: torch.Tensor) -> tuple[str, tuple, tuple] | None:
+        """``(estimator, query operands, key operands)`` of :meth:`_operands` from one spectrum, for an op that forms
+        the features itself (the layer's fused bidirectional path), or None where the compiled feature kernels do
+        not take these inputs (half precision, CUDA)."""
+        if q.dtype not in (torch.float32, torch.float64) or q.device.type != "cpu" or torch.is_autocast_enabled():
+            return None
+        q, k = self.check_input(q, "q"), self.check_input(k, "k")
+        omega, weight = self.spectrum(self.current_noise())
+        if not compiled(q, omega):
+            return None
+        return self.estimator, self._operands(q, "query", omega, weight), self._operands(k, "key", omega, weight)
 
     @torch.no_grad()
     def key_shift(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:

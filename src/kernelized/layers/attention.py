@@ -12,6 +12,7 @@ from torch import nn
 
 from kernelized import kernels, ops
 from kernelized._checks import check_choice, check_float_tensor, check_positive_int
+from kernelized.layers import fused
 from kernelized.layers.mixers import register_mixer
 from kernelized.layers.rotary import apply_rotary
 from kernelized.ops.linear import MODES
@@ -117,6 +118,11 @@ class KernelAttention(nn.Module):
                 key_padding_mask=key_padding_mask,
             )
             new_state = None
+        elif (operands := self._fused_operands(q, k, v, mode, state, output_state)) is not None:
+            o = fused.features_bidirectional_attention(
+                operands, v, key_padding_mask, self.eps if self.normalize else None
+            )
+            new_state = None
         else:
             q_feat, k_feat = self.feature_map.query_key(q, k)
             # maps that keep half-precision inputs' features in float32 (ReBased): v joins them, so the op sees
@@ -137,6 +143,15 @@ class KernelAttention(nn.Module):
             )
         y = self.o_proj(o.to(v.dtype).reshape(B, T, self.num_heads * self.head_dim_v))
         return (y, new_state) if output_state else y
+
+    def _fused_operands(self, q, k, v, mode: str, state, output_state: bool):
+        """The random features' operands for the fused bidirectional path (layers/fused.py), or None where the call
+        takes the two-step path: causal, not the chunk form, a state in or out, or inputs the kernels do not take."""
+        if self.causal or mode != "chunk" or state is not None or output_state or not fused.ENABLED:
+            return None
+        query_key_operands = getattr(self.feature_map, "query_key_operands", None)
+        operands = None if query_key_operands is None else query_key_operands(q, k)
+        return operands if fused.usable(operands, v) else None
 
     def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
         """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form
