@@ -33,7 +33,9 @@ static double fma_rate(float arg) {  // 12 independent chains: bound by the FMA 
     double t = 1e30;
     for (int r = 0; r < 3; ++r) {  // no lambda: captured by reference, the chains would live in memory
         const auto t0 = std::chrono::steady_clock::now();
-        for (long i = 0; i < n; ++i) { KZ_F(0) KZ_F(1) KZ_F(2) KZ_F(3) KZ_F(4) KZ_F(5) KZ_F(6) KZ_F(7) KZ_F(8) KZ_F(9) KZ_F(10) KZ_F(11) }
+        for (long i = 0; i < n; ++i) {
+            KZ_F(0) KZ_F(1) KZ_F(2) KZ_F(3) KZ_F(4) KZ_F(5) KZ_F(6) KZ_F(7) KZ_F(8) KZ_F(9) KZ_F(10) KZ_F(11)
+        }
         t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     float s = 0;
@@ -65,7 +67,8 @@ int main() {
             for (long i = 0; i < seqs; ++i)
                 kz::tiles::project(seq(i), ld, T, F, S.data(), D, Dv, CT.data(), Y.data(), Dv, den.data());
         });
-        std::printf("%ld sequence(s) of %ld rows, %.1f MB of features: accumulate %.2f ms (%.0f GFLOP/s), project %.2f ms (%.0f GFLOP/s)\n",
+        std::printf("%ld sequence(s) of %ld rows, %.1f MB of features: accumulate %.2f ms (%.0f GFLOP/s), "
+                    "project %.2f ms (%.0f GFLOP/s)\n",
                     seqs, T, seqs * T * F * 4 / 1e6, acc * 1e3, flops / acc / 1e9, proj * 1e3, flops / proj / 1e9);
     }
     const long n = 64L << 20;  // 256 MB

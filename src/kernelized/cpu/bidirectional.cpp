@@ -75,7 +75,8 @@ void forward_tiled(const float* q, long ldq, const float* k, long ldk, const flo
 
 // backward with its two skinny products as register tiles (G summed transposed, then dv = k G) and the two into
 // [L, F] (dq, dk) as MKL gemms: the same gradients as backward (below).
-void backward_tiled(kz::Gemm<float> gemm, const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, const float* keep,
+void backward_tiled(kz::Gemm<float> gemm, const float* q, long ldq, const float* k, long ldk, const float* v,
+                    long ldv, const float* keep,
                     const float* d_o, long lddo, const float* o, long ldo, const float* S, const float* norm,
                     const float* dS_final, float* dq, long lddq, float* dk, long lddk, float* dv, long lddv,
                     float* dS0, long L, int F, int Dv, int normalize) {
@@ -159,6 +160,21 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
 }
 
+// tiles.h's accumulate (CT += A^T B) and project (Y = A S) for float32; the double versions are never called (the
+// callers take them only where tiles apply) but must compile.
+inline void accumulate_transposed(const float* A, long lda, const float* B, long ldb, long L, int F, int D, float* CT) {
+#if KZ_HAVE_TILES
+    kz::tiles::accumulate(A, lda, B, ldb, L, F, D, CT, F);
+#endif
+}
+inline void accumulate_transposed(const double*, long, const double*, long, long, int, int, double*) {}
+inline void project_rows(const float* A, long lda, long L, int F, const float* S, long lds, int D, float* Y, long ldy) {
+#if KZ_HAVE_TILES
+    kz::tiles::project(A, lda, L, F, S, lds, D, nullptr, Y, ldy, nullptr);
+#endif
+}
+inline void project_rows(const double*, long, long, int, const double*, long, int, double*, long) {}
+
 // The backward of the random features the op was given (random_features.h), for one head: kind 1 RKS, 2 PRF (c the
 // |x|^2 coefficient, hyperbolic the pair); frequencies W [M, d].
 template <typename T>
@@ -188,25 +204,36 @@ template <typename T>
 void backward_features(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, const T* v, long ldv,
                        const T* keep, const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm,
                        const T* xq, long ldxq, const T* xk, long ldxk, const FeatureGrad<T>& fg, T* dxq, long lddxq,
-                       T* dxk, long lddxk, T* dv, long lddv, T* dW, T* sums, long L, int F, int Dv, int normalize) {
+                       T* dxk, long lddxk, T* dv, long lddv, T* dW, T* sums, long L, int F, int Dv, int normalize,
+                       int tiles) {
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1;
     const long TILE = 128;
-    std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0)), V1(TILE * D1), g(TILE * F);
+    const size_t state = static_cast<size_t>(F) * D1;
+    std::vector<T> dy(static_cast<size_t>(L) * D1), G(state, T(0)), GT, V1(TILE * D1), g(TILE * F);
     output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());
+    const bool tiled = KZ_HAVE_TILES && std::is_same_v<T, float> && tiles;
+    if (tiled) GT.assign(state, T(0));
     for (long t0 = 0; t0 < L; t0 += TILE) {  // queries: dq = dy S^T, G += q^T dy, then dq into dxq, dW
         const int n = static_cast<int>(std::min(TILE, L - t0));
         const T *qt = q + t0 * ldq, *dyt = dy.data() + t0 * D1;
         mm(false, true, n, F, D1, 1, dyt, D1, S, D1, 0, g.data(), F);
-        mm(true, false, F, D1, n, 1, qt, ldq, dyt, D1, 1, G.data(), D1);
+        if (tiled)
+            accumulate_transposed(qt, ldq, dyt, D1, n, F, D1, GT.data());
+        else
+            mm(true, false, F, D1, n, 1, qt, ldq, dyt, D1, 1, G.data(), D1);
         fg(gemm, xq + t0 * ldxq, ldxq, n, qt, ldq, g.data(), F, dxq + t0 * lddxq, lddxq, dW, sums);
     }
+    if (tiled) kz::transpose(GT.data(), D1, F, G.data());
     for (long t0 = 0; t0 < L; t0 += TILE) {  // keys: dk = [v, 1] G^T, dv = k G[:, :Dv], then dk into dxk, dW
         const int n = static_cast<int>(std::min(TILE, L - t0));
         const T* kt = k + t0 * ldk;
         values_with_ones(v + t0 * ldv, ldv, keep ? keep + t0 : nullptr, n, Dv, V1.data());
         mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, g.data(), F);
-        mm(false, false, n, Dv, F, 1, kt, ldk, G.data(), D1, 0, dv + t0 * lddv, lddv);
+        if (tiled)
+            project_rows(kt, ldk, n, F, G.data(), D1, Dv, dv + t0 * lddv, lddv);
+        else
+            mm(false, false, n, Dv, F, 1, kt, ldk, G.data(), D1, 0, dv + t0 * lddv, lddv);
         fg(gemm, xk + t0 * ldxk, ldxk, n, kt, ldk, g.data(), F, dxk + t0 * lddxk, lddxk, dW, sums);
     }
     drop_padded(keep, L, Dv, dv, lddv);
@@ -250,7 +277,7 @@ void backward_features_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<c
                              const T* keep, kz::Heads<const T> d_o, kz::Heads<const T> o, const T* S, const T* norm,
                              kz::Heads<const T> xq, kz::Heads<const T> xk, const T* W, int M, int d, int kind, T c,
                              int hyperbolic, kz::Heads<T> dxq, kz::Heads<T> dxk, kz::Heads<T> dv, T* dW, T* sums,
-                             long B, long H, long L, int F, int Dv, int normalize) {
+                             long B, long H, long L, int F, int Dv, int normalize, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
     kz::parallel_items(0, B * H, [&](long i) {
         const long b = i / H, h = i % H;
@@ -260,7 +287,7 @@ void backward_features_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<c
         backward_features<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                              d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
                              xq.at(b, h), xq.ld, xk.at(b, h), xk.ld, fg, dxq.at(b, h), dxq.ld, dxk.at(b, h), dxk.ld,
-                             dv.at(b, h), dv.ld, dW + i * M * d, sums + i * M, L, F, Dv, normalize);
+                             dv.at(b, h), dv.ld, dW + i * M * d, sums + i * M, L, F, Dv, normalize, tiles);
     });
 }
 
@@ -290,12 +317,13 @@ void backward_features_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<c
         void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
         KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* S, const T* norm, KZ_HEADS(const T, xq),          \
         KZ_HEADS(const T, xk), const T* W, int M, int d, int kind, double c, int hyperbolic, KZ_HEADS(T, dxq),  \
-        KZ_HEADS(T, dxk), KZ_HEADS(T, dv), T* dW, T* sums, long B, long H, long L, int F, int Dv, int normalize) { \
+        KZ_HEADS(T, dxk), KZ_HEADS(T, dv), T* dW, T* sums, long B, long H, long L, int F, int Dv, int normalize,   \
+        int tiles) {                                                                                             \
         backward_features_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),   \
                                    KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), S, norm,     \
                                    KZ_AT(const T, xq), KZ_AT(const T, xk), W, M, d, kind, static_cast<T>(c),     \
                                    hyperbolic, KZ_AT(T, dxq), KZ_AT(T, dxk), KZ_AT(T, dv), dW, sums, B, H, L, F, \
-                                   Dv, normalize);                                                               \
+                                   Dv, normalize, tiles);                                                        \
     }
 
 KZ_EXPORT(float, f32)

@@ -74,10 +74,11 @@ class _FeaturesBidirectional(torch.autograd.Function):
         dw, sums = v.new_empty(B, H, M, d), v.new_empty(B, H, M)
         xq_, xk_, v_, do_, o_, q_, k_ = (_cpu.unit_rows(x) for x in (xq, xk, v, do, o, q, k))
         offset, hyperbolic = ctx.offset_hyperbolic
+        flags = (int(ctx.eps is not None), int(bidirectional.TILES))
         fn(gemm, *_cpu.heads(q_), *_cpu.heads(k_), *_cpu.heads(v_), _cpu.pointer(keep), *_cpu.heads(do_),
            *_cpu.heads(o_), S.data_ptr(), _cpu.pointer(norm), *_cpu.heads(xq_), *_cpu.heads(xk_), w.data_ptr(), M, d,
            KINDS[ctx.kind], float(offset), int(hyperbolic), *_cpu.heads(dxq), *_cpu.heads(dxk), *_cpu.heads(dv),
-           dw.data_ptr(), sums.data_ptr(), B, H, T, F, Dv, int(ctx.eps is not None))  # fmt: skip
+           dw.data_ptr(), sums.data_ptr(), B, H, T, F, Dv, *flags)  # fmt: skip
         total = sums.sum(0)
         d_amp = feature_ops.rks_amp_grad(amp, total) if ctx.kind == "rks" else total
         return dxq, dxk, dv, dw.sum(0), d_amp, None, None, None, None, None
