@@ -101,3 +101,14 @@ def test_fused_path_refuses_double_backward(monkeypatch):
     monkeypatch.setattr(fused, "ENABLED", False)
     (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
     gx.sum().backward()
+
+
+@needs_kernels
+def test_fused_path_checks_the_padding_mask():
+    """A mask of the wrong shape or dtype gets the op's error, naming the argument, on the fused path too."""
+    layer = _layer("gmm-rks", {"num_features": 8}, torch.float32)
+    x = torch.randn(2, 40, 32)
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \[B, T\] = \[2, 40\], got \[2, 39\]"):
+        layer(x, key_padding_mask=torch.zeros(2, 39, dtype=torch.bool))
+    with pytest.raises(ValueError, match="key_padding_mask must be a bool tensor"):
+        layer(x, key_padding_mask=torch.zeros(2, 40))

@@ -5,9 +5,10 @@
 // caller's strided rows, so q and k ([B, T, H, F], often hundreds of features) are read in place, never
 // permuted or copied. Key padding is fused: the padded keys' rows of [v, 1] are zero (what zeroing their
 // features does), so the features need no masked copy either. Useful work 4 T F (Dv+1) forward, twice that
-// backward; everything else is O(T (F + Dv)). In float32 on an AVX-512 build the products are tiles.h's register
-// tiles instead of BLAS calls (tiles 1; tiles 0 keeps BLAS, as float64 and other CPUs do): MKL ran these skinny
-// shapes well below its square-matrix rate.
+// backward; everything else is O(T (F + Dv)). In float32 on an AVX-512 build the two skinny products are tiles.h's
+// register tiles instead of BLAS calls (tiles 1; tiles 0 keeps BLAS, as float64 and other CPUs do): MKL ran these
+// shapes well below its square-matrix rate. backward_features is the backward with the random features' own backward
+// fused in (kernelized/layers/fused.py), a tile of rows at a time.
 
 #include <type_traits>
 

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from kernelized import cpu as _cpu
 from kernelized.kernels import feature_ops
+from kernelized.ops._validate import check_padding_mask
 from kernelized.ops.linear import bidirectional
 
 ENABLED = True  # False: the unfused pair of autograd nodes (for side-by-side timings and tests)
@@ -42,6 +43,7 @@ def features_bidirectional_attention(
     (True at padding) or None; eps: the normaliser's, or None for the numerator only. Gradients reach the inputs,
     v, the frequencies and the amplitudes."""
     kind, q_args, k_args = operands
+    check_padding_mask(key_padding_mask, v.shape[0], v.shape[1])
     keep = None if key_padding_mask is None else (~key_padding_mask).to(v.dtype).contiguous()
     xq, w, amp = q_args[:3]
     return _FeaturesBidirectional.apply(xq, k_args[0], v, w, amp, keep, eps, kind, q_args[3:], k_args[3:])
