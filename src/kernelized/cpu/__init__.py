@@ -1,5 +1,6 @@
 """Compiled CPU kernels: plain C++ (``*.cpp`` beside this file, no torch headers) built on first use with the
-system's C++ compiler (about a second) and called through ctypes. Used below the ops and the feature maps:
+system's C++ compiler (about 7 s on this 2-core VM, the sources compiled in parallel: docs/bench/build_time.txt)
+and called through ctypes. Used below the ops and the feature maps:
 
 - ``chunk.cpp``: causal chunked linear attention, forward and backward (``ops.linear_attention(mode="chunk")``);
 - ``bidirectional.cpp``: non-causal linear attention, forward and backward (``causal=False``, ``mode="chunk"``);
@@ -7,7 +8,9 @@ system's C++ compiler (about a second) and called through ctypes. Used below the
   (``ops.polynomial_attention``);
 - ``features.cpp``: degree-2 monomial features, forward and backward (ReBased, Based: ``kernels.polynomial``);
 - ``random_features.cpp``: RKS and PRF random features from the inputs and frequencies, the projection and the
-  cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``).
+  cos/sin or exp fused a tile of rows at a time, forward and backward (``kernels.feature_ops``; the backward in
+  ``random_features.h``, which ``bidirectional.cpp`` also runs inside its fused backward, ``layers.fused``);
+- ``tiles.h``: float32 AVX-512 register tiles for the bidirectional op's skinny products.
 
 BLAS is torch's own: the Fortran ``sgemm_``/``dgemm_`` that torch's CPU library exports (its bundled MKL), passed
 to the kernels as function pointers. OpenMP is torch's own too: the library is built with ``-fopenmp`` and its
@@ -106,14 +109,29 @@ def _build_with(compiler: str, flags: tuple[str, ...]) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *flags, *map(str, paths), "-o", tmp], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{compiler} failed:\n{proc.stderr[-2000:]}")
+        with tempfile.TemporaryDirectory(dir=cache) as objects:
+            _compile_and_link(compiler, flags, paths, Path(objects), tmp)
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def _compile_and_link(compiler: str, flags: tuple[str, ...], paths: list[Path], objects: Path, out: str) -> None:
+    """Each source compiled to an object file by its own compiler process, all at once (the sources take 0.3-5 s
+    each: in parallel the build takes about half the time on 2 cores), then one link into ``out``."""
+    compile_flags = [f for f in flags if f != "-shared"]
+    objs = [objects / f"{p.stem}.o" for p in paths]
+    procs = [subprocess.Popen([compiler, *compile_flags, "-c", str(p), "-o", str(o)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for p, o in zip(paths, objs)]  # fmt: skip
+    errors = [proc.communicate()[1] for proc in procs]
+    failed = [err for proc, err in zip(procs, errors) if proc.returncode != 0]
+    if not failed:
+        link = subprocess.run([compiler, *flags, *map(str, objs), "-o", out], capture_output=True, text=True)
+        failed = [link.stderr] if link.returncode != 0 else []
+    if failed:
+        raise RuntimeError(f"{compiler} failed:\n{failed[0][-2000:]}")
 
 
 def _torch_blas() -> dict[str, int]:

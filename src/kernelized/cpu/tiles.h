@@ -50,6 +50,23 @@ void accumulate_tile(const float* A, long lda, const float* B, long ldb, long L,
         _mm512_mask_storeu_ps(CT + (d0 + j) * ldc + f0 + 16 * i, m[i], c[j][i]);
 }
 
+// Columns [d0, d0 + w) of accumulate_tile in tiles of 11, 8, 4, 2 and 1 columns: five widths instead of eleven
+// keep the build short (each is fully unrolled).
+template <int NF>
+void accumulate_columns(const float* A, long lda, const float* B, long ldb, long L, int f0, int nf, int d0, int w,
+                        float* CT, long ldc) {
+    for (; w > 0;) {
+        const int nd = w >= 11 ? 11 : w >= 8 ? 8 : w >= 4 ? 4 : w >= 2 ? 2 : 1;
+        switch (nd) {
+#define KZ_CASE(n) \
+    case n: accumulate_tile<NF, n>(A, lda, B, ldb, L, f0, nf, d0, CT, ldc); break;
+            KZ_CASE(11) KZ_CASE(8) KZ_CASE(4) KZ_CASE(2) KZ_CASE(1)
+#undef KZ_CASE
+        }
+        d0 += nd, w -= nd;
+    }
+}
+
 // CT [D, F] (row stride ldc) += A^T B: A [L, F] rows lda, B [L, D] rows ldb. Blocks of 64 rows (A's block stays in
 // L1/L2 while each group of 32 features is swept once per group of up to 11 columns: 22 accumulators).
 inline void accumulate(const float* A, long lda, const float* B, long ldb, long L, int F, int D, float* CT,
@@ -61,16 +78,11 @@ inline void accumulate(const float* A, long lda, const float* B, long ldb, long 
         for (int f0 = 0; f0 < F; f0 += 32) {
             const int nf = std::min(32, F - f0);
             for (int d0 = 0; d0 < D; d0 += width) {
-                switch (std::min(width, D - d0)) {  // a last group of <= 16 features (F = 513: 1) in one register
-#define KZ_CASE(nd)                                                                     \
-    case nd:                                                                            \
-        if (nf > 16) accumulate_tile<2, nd>(a, lda, b, ldb, n, f0, nf, d0, CT, ldc);   \
-        else accumulate_tile<1, nd>(a, lda, b, ldb, n, f0, nf, d0, CT, ldc);            \
-        break;
-                    KZ_CASE(1) KZ_CASE(2) KZ_CASE(3) KZ_CASE(4) KZ_CASE(5) KZ_CASE(6) KZ_CASE(7) KZ_CASE(8)
-                    KZ_CASE(9) KZ_CASE(10) KZ_CASE(11)
-#undef KZ_CASE
-                }
+                const int w = std::min(width, D - d0);
+                if (nf > 16)
+                    accumulate_columns<2>(a, lda, b, ldb, n, f0, nf, d0, w, CT, ldc);
+                else  // a last group of <= 16 features (F = 513: 1) in one register
+                    accumulate_columns<1>(a, lda, b, ldb, n, f0, nf, d0, w, CT, ldc);
             }
         }
     }
