@@ -112,3 +112,20 @@ def test_fused_path_checks_the_padding_mask():
         layer(x, key_padding_mask=torch.zeros(2, 39, dtype=torch.bool))
     with pytest.raises(ValueError, match="key_padding_mask must be a bool tensor"):
         layer(x, key_padding_mask=torch.zeros(2, 40))
+
+
+@pytest.mark.parametrize("kernels_on", [True, False])
+def test_one_spectrum_per_forward_on_either_path(kernels_on, monkeypatch):
+    """The layer decides on the fused path before any frequencies are computed, so a forward computes them once
+    whichever path it takes (twice would also move a generator's BatchNorm statistics twice)."""
+    if kernels_on and (cpu.disabled() or cpu.library() is None):
+        pytest.skip("no compiled CPU kernels here")
+    if not kernels_on:
+        monkeypatch.setenv("KERNELIZED_DISABLE_CPU_KERNELS", "1")
+    layer = _layer("generative-rks", {"num_features": 8}, torch.float32)
+    calls = []
+    real = layer.feature_map.spectrum
+    monkeypatch.setattr(layer.feature_map, "spectrum", lambda noise: calls.append(1) or real(noise))
+    fused_calls = _spy(monkeypatch)
+    layer(torch.randn(2, 40, 32))
+    assert len(calls) == 1 and len(fused_calls) == int(kernels_on)

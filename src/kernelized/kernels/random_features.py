@@ -53,9 +53,10 @@ import math
 
 import torch
 
+from kernelized import cpu as _cpu
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.kernels.base import FeatureMap
-from kernelized.kernels.feature_ops import compiled, head_matmul, prf, rks
+from kernelized.kernels.feature_ops import head_matmul, prf, rks
 from kernelized.kernels.registry import register
 
 #: log of the largest key feature the PRF stabiliser allows (see the module docstring).
@@ -347,13 +348,13 @@ class RandomFeatureMap(FeatureMap):
     def query_key_operands(self, q: torch.Tensor, k: torch.Tensor) -> tuple[str, tuple, tuple] | None:
         """``(estimator, query operands, key operands)`` of :meth:`_operands` from one spectrum, for an op that forms
         the features itself (the layer's fused bidirectional path), or None where the compiled feature kernels do
-        not take these inputs (half precision, CUDA)."""
-        if q.dtype not in (torch.float32, torch.float64) or q.device.type != "cpu" or torch.is_autocast_enabled():
+        not take these inputs (half precision, autocast, CUDA, the kernels disabled)."""
+        # decided before the spectrum is computed: computing it twice in a call (here, then in query_key) would
+        # also move a generator's BatchNorm statistics twice
+        if torch.is_autocast_enabled() or q.shape[-2] != self.num_heads or not _cpu.usable(q, k):
             return None
         q, k = self.check_input(q, "q"), self.check_input(k, "k")
         omega, weight = self.spectrum(self.current_noise())
-        if not compiled(q, omega):
-            return None
         return self.estimator, self._operands(q, "query", omega, weight), self._operands(k, "key", omega, weight)
 
     @torch.no_grad()

@@ -147,11 +147,10 @@ class KernelAttention(nn.Module):
     def _fused_operands(self, q, k, v, mode: str, state, output_state: bool):
         """The random features' operands for the fused bidirectional path (layers/fused.py), or None where the call
         takes the two-step path: causal, not the chunk form, a state in or out, or inputs the kernels do not take."""
-        if self.causal or mode != "chunk" or state is not None or output_state or not fused.ENABLED:
+        if self.causal or mode != "chunk" or state is not None or output_state or not fused.usable(q, k, v):
             return None
         query_key_operands = getattr(self.feature_map, "query_key_operands", None)
-        operands = None if query_key_operands is None else query_key_operands(q, k)
-        return operands if fused.usable(operands, v) else None
+        return None if query_key_operands is None else query_key_operands(q, k)
 
     def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
         """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form

@@ -26,12 +26,10 @@ ENABLED = True  # False: the unfused pair of autograd nodes (for side-by-side ti
 KINDS = {"rks": 1, "prf": 2}
 
 
-def usable(operands, v: torch.Tensor) -> bool:
-    """Whether the fused path takes these features' operands (from ``query_key_operands``) and values."""
-    if not ENABLED or operands is None:
-        return False
-    q_args = operands[1]
-    return _cpu.usable(q_args[0], q_args[1], v) and q_args[0].dtype == v.dtype
+def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the fused path can take a layer's q, k ``[B, T, H, d]`` and v (CPU, one float32/float64 dtype, the
+    compiled kernels built, :data:`ENABLED`); the feature map must give operands too (``query_key_operands``)."""
+    return ENABLED and _cpu.usable(q, k, v)
 
 
 def features_bidirectional_attention(
