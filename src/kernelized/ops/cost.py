@@ -37,9 +37,10 @@ class Device:
 
 
 # calibrated on the 2-core CPU: docs/bench/forms/crossover.txt (causal and bidirectional crossovers of rebased and
-# taylor near T = 1k, level there within 4 %, the chunk form 1.8-2.0x faster at 2k; the materialised product never
-# won). feature_element was 400 until the chunk form's features and bidirectional op got faster (session 6-7), when
-# the crossovers lay between 1k and 2k; 160 puts the model's switch at T = 1.0-1.15k for the four.
+# taylor near T = 1k: there the two forms came within 7 % of each other but for bidirectional rebased, whose chunk
+# form was 1.28x faster; the chunk form 1.65-2.1x faster at 2k; the materialised product never won).
+# feature_element was 400 until the chunk form's features and the bidirectional op got faster (sessions 6-7) and the
+# crossovers moved below the 1.6-1.9k it gave; 160 puts the model's switch at T = 0.98-1.15k for the four.
 CPU = Device(implicit_score=0.0, quadratic_score=1000.0, feature_element=160.0, implicit_half=True)
 # the Triton kernels skip the masked blocks too; CUDA takes the CPU's constants until a GPU run calibrates its own
 DEVICES = {"cpu": CPU, "cuda": CPU}
