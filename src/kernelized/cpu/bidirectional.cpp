@@ -248,8 +248,7 @@ void forward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k,
                    const T* S0, kz::Heads<T> o, T* S, T* norm, long B, long H, long L, int F, int Dv, int normalize,
                    T eps, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
-    kz::parallel_items(0, B * H, [&](long i) {
-        const long b = i / H, h = i % H;
+    kz::parallel_pairs(B, H, [&](long b, long h, long i) {
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                    S0 ? S0 + i * state : nullptr, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr, L,
                    F, Dv, normalize, eps, tiles);
@@ -262,8 +261,7 @@ void backward_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<const T> k
                     const T* dS_final, kz::Heads<T> dq, kz::Heads<T> dk, kz::Heads<T> dv, T* dS0, long B, long H,
                     long L, int F, int Dv, int normalize, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
-    kz::parallel_items(0, B * H, [&](long i) {
-        const long b = i / H, h = i % H;
+    kz::parallel_pairs(B, H, [&](long b, long h, long i) {
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                     d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, S + i * state, norm ? norm + i * L : nullptr,
                     dS_final ? dS_final + i * state : nullptr, dq.at(b, h), dq.ld, dk.at(b, h), dk.ld, dv.at(b, h),
@@ -280,8 +278,7 @@ void backward_features_pairs(kz::Gemm<T> gemm, kz::Heads<const T> q, kz::Heads<c
                              int hyperbolic, kz::Heads<T> dxq, kz::Heads<T> dxk, kz::Heads<T> dv, T* dW, T* sums,
                              long B, long H, long L, int F, int Dv, int normalize, int tiles) {
     const long state = static_cast<long>(F) * (Dv + 1);
-    kz::parallel_items(0, B * H, [&](long i) {
-        const long b = i / H, h = i % H;
+    kz::parallel_pairs(B, H, [&](long b, long h, long i) {
         const FeatureGrad<T> fg{kind, W + h * M * d, M, d, c, hyperbolic};
         std::fill(dW + i * M * d, dW + (i + 1) * M * d, T(0));
         std::fill(sums + i * M, sums + (i + 1) * M, T(0));

@@ -148,11 +148,7 @@ struct Blocks {
 // stride, head stride).
 #define KZ_BLOCKS(T, x) T *x, long x##_sb, long x##_sh
 #define KZ_BLOCK(T, x) Blocks<T>{x, x##_sb, x##_sh}
-#define KZ_PAIRS(body)                                                                                         \
-    kz::parallel_items(0, B * H, [&](long i) {                                                                 \
-        const long b = i / H, h = i % H;                                                                       \
-        body;                                                                                                  \
-    });
+#define KZ_PAIRS(body) kz::parallel_pairs(B, H, [&](long b, long h, long) { body; });
 
 #define KZ_EXPORT(T, suffix)                                                                                   \
     extern "C" void chunk_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),             \

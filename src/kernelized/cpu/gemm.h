@@ -1,6 +1,6 @@
 // What the kernels share: the row-major gemm on torch's BLAS pointer, strided [B, L, H, X] tensors, the parallel
-// loop over work items, two copies, the output's gradient. Header-only, included by every source of the library (kernelized/cpu/__init__.py hashes it
-// with them).
+// loops over work items and (batch, head) sequences, two copies, the output's gradient. Header-only, included by
+// every source of the library (kernelized/cpu/__init__.py hashes it with them).
 
 #pragma once
 
@@ -44,6 +44,13 @@ template <typename Fn>
 void parallel_items(long i0, long i1, Fn fn) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (long i = i0; i < i1; ++i) fn(i);
+}
+
+// fn(b, h, i) for every (batch, head) sequence i = b H + h of B x H, as parallel_items: the batched entry points'
+// one loop.
+template <typename Fn>
+void parallel_pairs(long B, long H, Fn fn) {
+    parallel_items(0, B * H, [&](long i) { fn(i / H, i % H, i); });
 }
 
 template <typename T>

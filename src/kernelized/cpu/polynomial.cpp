@@ -104,15 +104,14 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
     }
 }
 
-// Every (batch, head) sequence i in [i0, i1) (b = i / H, h = i % H) in one call: a Python loop of one call per
-// sequence cost more than the kernel itself at the MQAR demo's shape (192 sequences of 64 tokens). The sequences
-// are OpenMP work items on the calling thread's team (torch's: the library links the libgomp torch loaded).
+// Every (batch, head) sequence i = b H + h in one call: a Python loop of one call per sequence cost more than the
+// kernel itself at the MQAR demo's shape (192 sequences of 64 tokens). The sequences are OpenMP work items on the
+// calling thread's team (torch's: the library links the libgomp torch loaded).
 template <typename T>
 void forward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep, Heads<T> o,
-                   T* norm, long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale,
-                   int normalize, T eps) {
-    kz::parallel_items(i0, i1, [&](long i) {
-        const long b = i / H, h = i % H;
+                   T* norm, long B, long H, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize,
+                   T eps) {
+    kz::parallel_pairs(B, H, [&](long b, long h, long i) {
         forward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                    o.at(b, h), o.ld, norm ? norm + i * L : nullptr, L, d, Dv, causal, coef, scale, normalize, eps);
     });
@@ -120,10 +119,9 @@ void forward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<c
 
 template <typename T>
 void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<const T> v, const T* keep,
-                    Heads<const T> d_o, Heads<const T> o, const T* norm, Heads<T> dq, Heads<T> dk, Heads<T> dv, long H,
-                    long i0, long i1, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize) {
-    kz::parallel_items(i0, i1, [&](long i) {
-        const long b = i / H, h = i % H;
+                    Heads<const T> d_o, Heads<const T> o, const T* norm, Heads<T> dq, Heads<T> dk, Heads<T> dv, long B,
+                    long H, long L, int d, int Dv, int causal, const T* coef, T scale, int normalize) {
+    kz::parallel_pairs(B, H, [&](long b, long h, long i) {
         backward<T>(gemm, q.at(b, h), q.ld, k.at(b, h), k.ld, v.at(b, h), v.ld, keep ? keep + b * L : nullptr,
                     d_o.at(b, h), d_o.ld, o.at(b, h), o.ld, norm ? norm + i * L : nullptr, dq.at(b, h), dq.ld,
                     dk.at(b, h), dk.ld, dv.at(b, h), dv.ld, L, d, Dv, causal, coef, scale, normalize);
@@ -135,20 +133,20 @@ void backward_pairs(kz::Gemm<T> gemm, Heads<const T> q, Heads<const T> k, Heads<
 #define KZ_EXPORT(T, suffix)                                                                                     \
     extern "C" void polynomial_forward_##suffix(void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k),          \
                                                 KZ_HEADS(const T, v), const T* keep, KZ_HEADS(T, o), T* norm,    \
-                                                long H, long i0, long i1, long L, int d, int Dv, int causal,     \
+                                                long B, long H, long L, int d, int Dv, int causal,               \
                                                 const T* coef, double scale, int normalize, double eps) {        \
         forward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),              \
-                         KZ_AT(const T, v), keep, KZ_AT(T, o), norm, H, i0, i1, L, d, Dv, causal, coef,          \
+                         KZ_AT(const T, v), keep, KZ_AT(T, o), norm, B, H, L, d, Dv, causal, coef,               \
                          static_cast<T>(scale), normalize, static_cast<T>(eps));                                 \
     }                                                                                                            \
     extern "C" void polynomial_backward_##suffix(                                                                \
         void* gemm, KZ_HEADS(const T, q), KZ_HEADS(const T, k), KZ_HEADS(const T, v), const T* keep,             \
         KZ_HEADS(const T, d_o), KZ_HEADS(const T, o), const T* norm, KZ_HEADS(T, dq), KZ_HEADS(T, dk),           \
-        KZ_HEADS(T, dv), long H, long i0, long i1, long L, int d, int Dv, int causal, const T* coef, double scale, \
+        KZ_HEADS(T, dv), long B, long H, long L, int d, int Dv, int causal, const T* coef, double scale,          \
         int normalize) {                                                                                         \
         backward_pairs<T>(reinterpret_cast<kz::Gemm<T>>(gemm), KZ_AT(const T, q), KZ_AT(const T, k),             \
                           KZ_AT(const T, v), keep, KZ_AT(const T, d_o), KZ_AT(const T, o), norm, KZ_AT(T, dq),   \
-                          KZ_AT(T, dk), KZ_AT(T, dv), H, i0, i1, L, d, Dv, causal, coef, static_cast<T>(scale),  \
+                          KZ_AT(T, dk), KZ_AT(T, dv), B, H, L, d, Dv, causal, coef, static_cast<T>(scale),       \
                           normalize);                                                                            \
     }
 

@@ -121,7 +121,7 @@ struct Item {
                                          int M, const T* amp, int smooth, double s, T* out, long oh, long ldo,    \
                                          int H, int chunks) {                                                     \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                             \
             const Item it(i, chunks, N);                                                                          \
             rks_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
                            amp + it.h * M, smooth, static_cast<T>(s), out + it.h * oh + it.n0 * ldo, ldo);        \
@@ -131,7 +131,7 @@ struct Item {
                                           int M, const T* out, long oh, long ldo, const T* g, long gh, long ldg,  \
                                           T* dx, long dxh, long lddx, T* dW, T* sums, int H, int chunks) {        \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                             \
             const Item it(i, chunks, N);                                                                          \
             rks_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
                             out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \
@@ -142,7 +142,7 @@ struct Item {
                                          int M, const T* log_amp, double c, int hyperbolic, int shift_mode,       \
                                          const double* shift, T* out, long oh, long ldo, int H, int chunks) {     \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                             \
             const Item it(i, chunks, N);                                                                          \
             prf_forward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,          \
                            log_amp + it.h * M, static_cast<T>(c), hyperbolic, shift_mode,                         \
@@ -154,7 +154,7 @@ struct Item {
                                           double c, int hyperbolic, T* dx, long dxh, long lddx, T* dW, T* sums,   \
                                           int H, int chunks) {                                                    \
         const auto mm = reinterpret_cast<kz::Gemm<T>>(gemm);                                                      \
-        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                                   \
+        kz::parallel_items(0, static_cast<long>(H) * chunks, [&](long i) {                                             \
             const Item it(i, chunks, N);                                                                          \
             prf_backward<T>(mm, x + it.h * xh + it.n0 * ldx, ldx, it.n1 - it.n0, d, W + it.h * M * d, M,         \
                             out + it.h * oh + it.n0 * ldo, ldo, g + it.h * gh + it.n0 * ldg, ldg,                 \

@@ -12,7 +12,8 @@
 namespace kz {
 
 // sin and cos of a float with no calls or branches, so that `omp simd` loops vectorise them: the quadrant
-// reduction in double (for |x| < 2^31, where the quadrant fits an int), then Cephes' single-precision polynomials on [-pi/4, pi/4].
+// reduction in double (for |x| < 2^31, where the quadrant fits an int), then Cephes' single-precision polynomials
+// on [-pi/4, pi/4].
 inline void sincos_f32(float x, float& s, float& c) {
     const double magic = 6755399441055744.0;  // 1.5 * 2^52: adding and subtracting it rounds to an integer
     const double xd = x, jd = (xd * 0.63661977236758134308 + magic) - magic;

@@ -130,11 +130,9 @@ def _compiled_forward(q, k, v, keep, coef, scale, causal, eps, save: bool):
     o = v.new_empty(B, T, H, Dv)
     norm = v.new_empty(B, H, T) if save and eps is not None else None
     q, k, v = (_cpu.unit_rows(x) for x in (q, k, v))
-    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep), *_cpu.heads(o), _cpu.pointer(norm),
-            H]  # fmt: skip
+    args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep), *_cpu.heads(o), _cpu.pointer(norm)]
     normalize, eps_ = int(eps is not None), 0.0 if eps is None else eps
-
-    fn(gemm, *args, 0, B * H, T, d, Dv, int(causal), coef.data_ptr(), scale, normalize, eps_)
+    fn(gemm, *args, B, H, T, d, Dv, int(causal), coef.data_ptr(), scale, normalize, eps_)
     return o, norm
 
 
@@ -145,7 +143,6 @@ def _compiled_backward(q, k, v, keep, coef, scale, causal, eps, do, o, norm):
     dq, dk, dv = q.new_empty(B, T, H, d), k.new_empty(B, T, H, d), v.new_empty(B, T, H, Dv)
     q, k, v, do, o = (_cpu.unit_rows(x) for x in (q, k, v, do, o))
     args = [*_cpu.heads(q), *_cpu.heads(k), *_cpu.heads(v), _cpu.pointer(keep), *_cpu.heads(do), *_cpu.heads(o),
-            _cpu.pointer(norm), *_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv), H]  # fmt: skip
-
-    fn(gemm, *args, 0, B * H, T, d, Dv, int(causal), coef.data_ptr(), scale, int(eps is not None))
+            _cpu.pointer(norm), *_cpu.heads(dq), *_cpu.heads(dk), *_cpu.heads(dv)]  # fmt: skip
+    fn(gemm, *args, B, H, T, d, Dv, int(causal), coef.data_ptr(), scale, int(eps is not None))
     return dq, dk, dv
