@@ -64,6 +64,11 @@ class FeatureMap(nn.Module):
         """``(query(q), key(k))``; random maps compute their draw's frequencies once for both."""
         return self.query(q), self.key(k)
 
+    def query_key_operands(self, q: torch.Tensor, k: torch.Tensor) -> tuple[str, tuple, tuple] | None:
+        """The operands from which an op can form both roles' features itself (``kernelized.layers.fused``), or
+        None: maps without such a form (this default) take the two-step path."""
+        return None
+
     def forward(self, x: torch.Tensor, role: str = "query") -> torch.Tensor:
         return self.query(x) if role == "query" else self.key(x)
 

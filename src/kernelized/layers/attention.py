@@ -149,8 +149,7 @@ class KernelAttention(nn.Module):
         takes the two-step path: causal, not the chunk form, a state in or out, or inputs the kernels do not take."""
         if self.causal or mode != "chunk" or state is not None or output_state or not fused.usable(q, k, v):
             return None
-        query_key_operands = getattr(self.feature_map, "query_key_operands", None)
-        return None if query_key_operands is None else query_key_operands(q, k)
+        return self.feature_map.query_key_operands(q, k)
 
     def form_for(self, x: torch.Tensor, stateful: bool = False) -> str:
         """The exact form ``mode="auto"`` runs for input ``x [B, T, d_model]``: ``"parallel"`` (the implicit form
