@@ -74,31 +74,51 @@ void forward_tiled(const float* q, long ldq, const float* k, long ldk, const flo
         }
 }
 
-// backward with its two skinny products as register tiles (G summed transposed, then dv = k G) and the two into
-// [L, F] (dq, dk) as MKL gemms: the same gradients as backward (below).
-void backward_tiled(kz::Gemm<float> gemm, const float* q, long ldq, const float* k, long ldk, const float* v,
-                    long ldv, const float* keep,
-                    const float* d_o, long lddo, const float* o, long ldo, const float* S, const float* norm,
-                    const float* dS_final, float* dq, long lddq, float* dk, long lddk, float* dv, long lddv,
-                    float* dS0, long L, int F, int Dv, int normalize) {
-    namespace tl = kz::tiles;
-    const RowMajor<float> mm{gemm};
-    const int D1 = Dv + 1, n = static_cast<int>(L);
-    const size_t state = static_cast<size_t>(F) * D1;
-    std::vector<float> dy(static_cast<size_t>(L) * D1), GT(state, 0.f), G(state);
-    output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());
-    mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);  // dq = dy S^T
-    if (dS_final) kz::transpose(dS_final, F, D1, GT.data());
-    tl::accumulate(q, ldq, dy.data(), D1, L, F, D1, GT.data(), F);  // G^T += dy^T q
-    kz::transpose(GT.data(), D1, F, G.data());
-    std::vector<float>& V1 = dy;  // dy is spent: its buffer takes [keep v, keep]
-    values_with_ones(v, ldv, keep, L, Dv, V1.data());
-    mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, dk, lddk);   // dk = [v, 1] G^T
-    tl::project(k, ldk, L, F, G.data(), D1, Dv, nullptr, dv, lddv, nullptr);  // dv = k G[:, :Dv]
-    drop_padded(keep, L, Dv, dv, lddv);
-    if (dS0) std::memcpy(dS0, G.data(), sizeof(float) * state);
-}
 #endif
+
+// The state's gradient G = dS_final + sum of q^T dy [F, Dv+1] over one or more row ranges (add), then G itself
+// (done). In float32 with tiles (tiles.h) it sums transposed, G^T [Dv+1, F], vectors along F; else one gemm a range.
+template <typename T>
+struct StateGradient {
+    RowMajor<T> mm;
+    int F, D1;
+    bool tiled;
+    std::vector<T> G, GT;
+
+    StateGradient(kz::Gemm<T> gemm, int F_, int D1_, const T* dS_final, int tiles)
+        : mm{gemm}, F(F_), D1(D1_), tiled(KZ_HAVE_TILES && std::is_same_v<T, float> && tiles),
+          G(static_cast<size_t>(F_) * D1_, T(0)) {
+        if (tiled) {
+            GT.assign(G.size(), T(0));
+            if (dS_final) kz::transpose(dS_final, F, D1, GT.data());
+        } else if (dS_final) {
+            std::memcpy(G.data(), dS_final, sizeof(T) * G.size());
+        }
+    }
+    void add(const T* q, long ldq, const T* dy, int n) {  // n rows of q and of dy [n, Dv+1]
+#if KZ_HAVE_TILES
+        if constexpr (std::is_same_v<T, float>)
+            if (tiled) return kz::tiles::accumulate(q, ldq, dy, D1, n, F, D1, GT.data(), F);
+#endif
+        mm(true, false, F, D1, n, 1, q, ldq, dy, D1, 1, G.data(), D1);
+    }
+    const T* done() {
+        if (tiled) kz::transpose(GT.data(), D1, F, G.data());
+        return G.data();
+    }
+};
+
+// dv rows (lddv) = k G[:, :Dv] for n rows of k (ldk), G [F, Dv+1]: tiles.h's project in float32 with tiles, else a
+// gemm.
+template <typename T>
+void values_gradient(const RowMajor<T>& mm, int tiles, const T* k, long ldk, int n, int F, const T* G, int Dv, T* dv,
+                     long lddv) {
+#if KZ_HAVE_TILES
+    if constexpr (std::is_same_v<T, float>)
+        if (tiles) return kz::tiles::project(k, ldk, n, F, G, Dv + 1, Dv, nullptr, dv, lddv, nullptr);
+#endif
+    mm(false, false, n, Dv, F, 1, k, ldk, G, Dv + 1, 0, dv, lddv);
+}
 
 // q, k rows of F features (leading dims ldq, ldk), v rows of Dv (ldv), keep [L] (1 = key, 0 = padding) or null,
 // S0 [F, Dv+1] or null. Writes S [F, Dv+1] (S0 + k^T [v, 1], kept for backward), o rows (ldo): numerator /
@@ -140,41 +160,21 @@ void backward(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long ldk, cons
               const T* d_o, long lddo, const T* o, long ldo, const T* S, const T* norm, const T* dS_final, T* dq,
               long lddq, T* dk, long lddk, T* dv, long lddv, T* dS0, long L, int F, int Dv, int normalize,
               int tiles) {
-#if KZ_HAVE_TILES
-    if constexpr (std::is_same_v<T, float>)
-        if (tiles)
-            return backward_tiled(gemm, q, ldq, k, ldk, v, ldv, keep, d_o, lddo, o, ldo, S, norm, dS_final, dq, lddq,
-                                  dk, lddk, dv, lddv, dS0, L, F, Dv, normalize);
-#endif
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1, n = static_cast<int>(L);
-    std::vector<T> dy(static_cast<size_t>(L) * D1), G(static_cast<size_t>(F) * D1, T(0));
+    std::vector<T> dy(static_cast<size_t>(L) * D1);
     output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());  // the gradient of [numerator, normaliser]
-    if (dS_final) std::memcpy(G.data(), dS_final, sizeof(T) * F * D1);
-    mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);                      // dq = dy S^T
-    mm(true, false, F, D1, n, 1, q, ldq, dy.data(), D1, dS_final ? 1 : 0, G.data(), D1);  // G += q^T dy
+    mm(false, true, n, F, D1, 1, dy.data(), D1, S, D1, 0, dq, lddq);           // dq = dy S^T
+    StateGradient<T> grad(gemm, F, D1, dS_final, tiles);
+    grad.add(q, ldq, dy.data(), n);  // G += q^T dy
+    const T* G = grad.done();
     std::vector<T>& V1 = dy;  // dy is spent: its buffer takes [keep v, keep]
     values_with_ones(v, ldv, keep, L, Dv, V1.data());
-    mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, dk, lddk);  // dk = [v, 1] G^T
-    mm(false, false, n, Dv, F, 1, k, ldk, G.data(), D1, 0, dv, lddv);        // dv = k G[:, :Dv]
+    mm(false, true, n, F, D1, 1, V1.data(), D1, G, D1, 0, dk, lddk);  // dk = [v, 1] G^T
+    values_gradient(mm, tiles, k, ldk, n, F, G, Dv, dv, lddv);        // dv = k G[:, :Dv]
     drop_padded(keep, L, Dv, dv, lddv);
-    if (dS0) std::memcpy(dS0, G.data(), sizeof(T) * F * D1);
+    if (dS0) std::memcpy(dS0, G, sizeof(T) * F * D1);
 }
-
-// tiles.h's accumulate (CT += A^T B) and project (Y = A S) for float32; the double versions are never called (the
-// callers take them only where tiles apply) but must compile.
-inline void accumulate_transposed(const float* A, long lda, const float* B, long ldb, long L, int F, int D, float* CT) {
-#if KZ_HAVE_TILES
-    kz::tiles::accumulate(A, lda, B, ldb, L, F, D, CT, F);
-#endif
-}
-inline void accumulate_transposed(const double*, long, const double*, long, long, int, int, double*) {}
-inline void project_rows(const float* A, long lda, long L, int F, const float* S, long lds, int D, float* Y, long ldy) {
-#if KZ_HAVE_TILES
-    kz::tiles::project(A, lda, L, F, S, lds, D, nullptr, Y, ldy, nullptr);
-#endif
-}
-inline void project_rows(const double*, long, long, int, const double*, long, int, double*, long) {}
 
 // The backward of the random features the op was given (random_features.h), for one head: kind 1 RKS, 2 PRF (c the
 // |x|^2 coefficient, hyperbolic the pair); frequencies W [M, d].
@@ -210,31 +210,23 @@ void backward_features(kz::Gemm<T> gemm, const T* q, long ldq, const T* k, long 
     const RowMajor<T> mm{gemm};
     const int D1 = Dv + 1;
     const long TILE = 128;
-    const size_t state = static_cast<size_t>(F) * D1;
-    std::vector<T> dy(static_cast<size_t>(L) * D1), G(state, T(0)), GT, V1(TILE * D1), g(TILE * F);
+    std::vector<T> dy(static_cast<size_t>(L) * D1), V1(TILE * D1), g(TILE * F);
     output_gradients(d_o, lddo, o, ldo, norm, L, Dv, normalize, dy.data());
-    const bool tiled = KZ_HAVE_TILES && std::is_same_v<T, float> && tiles;
-    if (tiled) GT.assign(state, T(0));
+    StateGradient<T> grad(gemm, F, D1, nullptr, tiles);
     for (long t0 = 0; t0 < L; t0 += TILE) {  // queries: dq = dy S^T, G += q^T dy, then dq into dxq, dW
         const int n = static_cast<int>(std::min(TILE, L - t0));
         const T *qt = q + t0 * ldq, *dyt = dy.data() + t0 * D1;
         mm(false, true, n, F, D1, 1, dyt, D1, S, D1, 0, g.data(), F);
-        if (tiled)
-            accumulate_transposed(qt, ldq, dyt, D1, n, F, D1, GT.data());
-        else
-            mm(true, false, F, D1, n, 1, qt, ldq, dyt, D1, 1, G.data(), D1);
+        grad.add(qt, ldq, dyt, n);
         fg(gemm, xq + t0 * ldxq, ldxq, n, qt, ldq, g.data(), F, dxq + t0 * lddxq, lddxq, dW, sums);
     }
-    if (tiled) kz::transpose(GT.data(), D1, F, G.data());
+    const T* G = grad.done();
     for (long t0 = 0; t0 < L; t0 += TILE) {  // keys: dk = [v, 1] G^T, dv = k G[:, :Dv], then dk into dxk, dW
         const int n = static_cast<int>(std::min(TILE, L - t0));
         const T* kt = k + t0 * ldk;
         values_with_ones(v + t0 * ldv, ldv, keep ? keep + t0 : nullptr, n, Dv, V1.data());
-        mm(false, true, n, F, D1, 1, V1.data(), D1, G.data(), D1, 0, g.data(), F);
-        if (tiled)
-            project_rows(kt, ldk, n, F, G.data(), D1, Dv, dv + t0 * lddv, lddv);
-        else
-            mm(false, false, n, Dv, F, 1, kt, ldk, G.data(), D1, 0, dv + t0 * lddv, lddv);
+        mm(false, true, n, F, D1, 1, V1.data(), D1, G, D1, 0, g.data(), F);
+        values_gradient(mm, tiles, kt, ldk, n, F, G, Dv, dv + t0 * lddv, lddv);
         fg(gemm, xk + t0 * ldxk, ldxk, n, kt, ldk, g.data(), F, dxk + t0 * lddxk, lddxk, dW, sums);
     }
     drop_padded(keep, L, Dv, dv, lddv);
