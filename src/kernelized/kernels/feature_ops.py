@@ -149,6 +149,9 @@ def prf(
     return exp_features(head_matmul(x, w), sq_norm, log_amp, offset, hyperbolic, key_shift, query_max)
 
 
+ESTIMATORS = {"rks": rks, "prf": prf}  # a random map's estimator name -> the function forming its features
+
+
 def compiled(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ``random_features.cpp`` takes x ``[..., H, d]`` with w ``[H, M, d]`` (CPU, float32/64, H heads)."""
     return x.dim() >= 2 and x.shape[-2] == w.shape[0] and x.numel() > 0 and _cpu.usable(x, w)

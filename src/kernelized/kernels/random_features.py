@@ -56,7 +56,7 @@ import torch
 from kernelized import cpu as _cpu
 from kernelized._checks import check_choice, check_positive_int
 from kernelized.kernels.base import FeatureMap
-from kernelized.kernels.feature_ops import head_matmul, prf, rks
+from kernelized.kernels.feature_ops import ESTIMATORS, head_matmul
 from kernelized.kernels.registry import register
 
 #: log of the largest key feature the PRF stabiliser allows (see the module docstring).
@@ -332,7 +332,7 @@ class RandomFeatureMap(FeatureMap):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
             args = self._operands(x, role, omega, weight)
-            return (rks(*args) if self.estimator == "rks" else prf(*args)).to(dtype)
+            return ESTIMATORS[self.estimator](*args).to(dtype)
 
     def _operands(self, x: torch.Tensor, role: str, omega: torch.Tensor, weight: torch.Tensor) -> tuple:
         """The arguments of :func:`~kernelized.kernels.feature_ops.rks` (``x, w, a, smoothing``) or ``prf``

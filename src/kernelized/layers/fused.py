@@ -47,16 +47,13 @@ def features_bidirectional_attention(
     return _FeaturesBidirectional.apply(xq, k_args[0], v, w, amp, keep, eps, kind, q_args[3:], k_args[3:])
 
 
-def _features(kind: str, x, w, amp, rest) -> torch.Tensor:
-    return feature_ops.rks(x, w, amp, *rest) if kind == "rks" else feature_ops.prf(x, w, amp, *rest)
-
-
 class _FeaturesBidirectional(torch.autograd.Function):
     """Forward: the two roles' compiled features, then the compiled op. Backward: one fused kernel call."""
 
     @staticmethod
     def forward(ctx, xq, xk, v, w, amp, keep, eps, kind, q_rest, k_rest):
-        q, k = _features(kind, xq, w, amp, q_rest), _features(kind, xk, w, amp, k_rest)
+        features = feature_ops.ESTIMATORS[kind]
+        q, k = features(xq, w, amp, *q_rest), features(xk, w, amp, *k_rest)
         o, S, norm = bidirectional._compiled_forward(q, k, v, keep, None, eps, save=True)
         ctx.save_for_backward(xq, xk, v, w, amp, keep, q, k, o, S, norm)
         ctx.eps, ctx.kind, ctx.offset_hyperbolic = eps, kind, (q_rest[:2] if kind == "prf" else (0.0, False))
