@@ -1,7 +1,8 @@
 """A/B of a benchmark script's ``--child`` mode at two git revisions: each revision's package in its own process
 (``git worktree`` of the revision, ``PYTHONPATH`` to its ``src``), rounds alternating so that machine noise hits
 both alike; the child prints one JSON object of numbers on its last line, and the result is each key's median over
-rounds. Used by the A/B scripts under docs/bench (``forms/bidirectional_split.py``, ``forms/chunk_openmp.py``)."""
+rounds. Used by the A/B scripts under docs/bench (``forms/bidirectional_split.py``, ``forms/chunk_openmp.py``), which
+also share the op's timed step (:func:`op_steps`, with ``forms/bidirectional_tiles.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+
+def op_steps(B: int, T: int, H: int, F: int, Dv: int, causal: bool, gen):
+    """``(forward + backward, forward alone)`` of ``ops.linear_attention(mode="chunk")`` on random features
+    ``[B, T, H, F]`` and values ``[B, T, H, Dv]`` (uniform q and k, normal v and output gradient, from ``gen``).
+    Imports only what every benchmarked revision has."""
+    import torch
+
+    from kernelized import ops
+
+    q, k = (torch.rand(B, T, H, F, generator=gen).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, Dv, generator=gen).requires_grad_()
+    g = torch.randn(B, T, H, Dv, generator=gen)
+
+    def step():
+        o = ops.linear_attention(q, k, v, causal=causal, mode="chunk")[0]
+        torch.autograd.grad(o, [q, k, v], g)
+
+    def forward():
+        with torch.no_grad():
+            ops.linear_attention(q, k, v, causal=causal, mode="chunk")
+
+    return step, forward
 
 
 def medians_at(script: str, revisions: list[str], rounds: int) -> dict[str, dict[str, float]]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/bench: the A/B helper
-from revisions import medians_at  # noqa: E402
+from revisions import medians_at, op_steps  # noqa: E402
 
 SHAPES = ((8, 1024), (2, 4096))  # (B, T); 4 heads, Dv 32
 FEATURES = (32, 65, 128, 257, 513)
@@ -27,7 +27,6 @@ def child() -> None:
     assert libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1  # keep freed memory
     import torch
 
-    from kernelized import ops
     from kernelized.experiments.bench import measure
 
     torch.set_num_threads(2)
@@ -35,14 +34,7 @@ def child() -> None:
     out = {"rate": measure.matmul_rate("cpu", torch.float32)}
     for B, T in SHAPES:
         for F in FEATURES:
-            q, k = (torch.rand(B, T, H, F, generator=gen).requires_grad_() for _ in range(2))
-            v = torch.randn(B, T, H, DV, generator=gen).requires_grad_()
-            g = torch.randn(B, T, H, DV, generator=gen)
-
-            def step():
-                o = ops.linear_attention(q, k, v, causal=False, mode="chunk")[0]
-                torch.autograd.grad(o, [q, k, v], g)
-
+            step = op_steps(B, T, H, F, DV, False, gen)[0]
             out[f"{B},{T},{F}"] = measure.timed(step, "cpu", 2, 7, float("inf"))[0]
     print(json.dumps(out))
 

@@ -9,33 +9,21 @@ backward) at this run's own 2-thread matmul rate.
 from __future__ import annotations
 
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-from kernelized import ops
 from kernelized.experiments.bench import measure
 from kernelized.ops.linear import bidirectional
 from kernelized.train.memory import keep_freed_memory
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/bench: the shared op step
+from revisions import op_steps  # noqa: E402
+
 SHAPES = ((8, 1024), (2, 4096))  # (B, T); 4 heads, Dv 32
 FEATURES = (32, 65, 128, 257, 513)
 H, DV, ROUNDS = 4, 32, 5
-
-
-def step_of(B: int, T: int, F: int, gen: torch.Generator):
-    q, k = (torch.rand(B, T, H, F, generator=gen).requires_grad_() for _ in range(2))
-    v = torch.randn(B, T, H, DV, generator=gen).requires_grad_()
-    g = torch.randn(B, T, H, DV, generator=gen)
-
-    def step():
-        o = ops.linear_attention(q, k, v, causal=False, mode="chunk")[0]
-        torch.autograd.grad(o, [q, k, v], g)
-
-    def forward():
-        with torch.no_grad():
-            ops.linear_attention(q, k, v, causal=False, mode="chunk")
-
-    return step, forward
 
 
 def main() -> None:
@@ -48,7 +36,7 @@ def main() -> None:
         rates.append(measure.matmul_rate("cpu", torch.float32))
         for B, T in SHAPES:
             for F in FEATURES:
-                step, forward = step_of(B, T, F, gen)
+                step, forward = op_steps(B, T, H, F, DV, False, gen)
                 for tiles in (False, True):
                     bidirectional.TILES = tiles
                     times.setdefault((B, T, F, tiles), []).append(measure.timed(step, "cpu", 2, 5, float("inf"))[0])

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/bench: the A/B helper
-from revisions import medians_at  # noqa: E402
+from revisions import medians_at, op_steps  # noqa: E402
 
 CASES = ((1, 2048, 8), (1, 8192, 8), (1, 32768, 8), (64, 256, 8))  # (B, T, H); 136 features, Dv 64
 F, DV = 136, 64
@@ -25,21 +25,13 @@ def child() -> None:
     assert libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1  # keep freed memory
     import torch
 
-    from kernelized import ops
     from kernelized.experiments.bench import measure
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
     out = {}
     for B, T, H in CASES:
-        q, k = (torch.rand(B, T, H, F, generator=gen).requires_grad_() for _ in range(2))
-        v = torch.randn(B, T, H, DV, generator=gen).requires_grad_()
-        g = torch.randn(B, T, H, DV, generator=gen)
-
-        def step():
-            o = ops.linear_attention(q, k, v, causal=True, mode="chunk")[0]
-            torch.autograd.grad(o, [q, k, v], g)
-
+        step = op_steps(B, T, H, F, DV, True, gen)[0]
         out[f"{B},{T},{H}"] = measure.timed(step, "cpu", 1, 5, float("inf"))[0]
     print(json.dumps(out))
 
