@@ -40,7 +40,8 @@ class Device:
 # taylor near T = 1k: there the two forms came within 7 % of each other but for bidirectional rebased, whose chunk
 # form was 1.28x faster; the chunk form 1.65-2.1x faster at 2k; the materialised product never won).
 # feature_element was 400 until the chunk form's features and the bidirectional op got faster (sessions 6-7) and the
-# crossovers moved below the 1.6-1.9k it gave; 160 puts the model's switch at T = 0.98-1.15k for the four.
+# crossovers moved below the 1.6-1.9k it gave; 160 puts the model's switch at T = 0.98-1.15k for the four
+# (docs/bench/forms/auto_switch.txt).
 CPU = Device(implicit_score=0.0, quadratic_score=1000.0, feature_element=160.0, implicit_half=True)
 # the Triton kernels skip the masked blocks too; CUDA takes the CPU's constants until a GPU run calibrates its own
 DEVICES = {"cpu": CPU, "cuda": CPU}
